@@ -1,0 +1,42 @@
+"""Diffusion LM models: native LLaDA, the family registry, and Auto-class registration."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .configuration_llada import LLaDAConfig
+from .modeling_llada import LLaDAModel, LLaDAModelLM, LLaDAPreTrainedModel
+from .registry import (
+    DiffusionLMSpec,
+    SpecialTokens,
+    apply_chat_template_fix,
+    get_spec,
+    register_diffusion_lm,
+    registered_families,
+    resolve_special_tokens,
+)
+
+
+def register_auto_classes() -> None:
+    """Map `model_type: "llada"` to the native classes, so `AutoModel*.from_pretrained(dir)` and TRL's loading by
+    path use them even when the directory's config carries the hub's `auto_map` (the remote code fails on
+    transformers 5)."""
+    AutoConfig.register(LLaDAConfig.model_type, LLaDAConfig, exist_ok=True)
+    AutoModel.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)
+    AutoModelForCausalLM.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)
+
+
+register_auto_classes()
+
+__all__ = [
+    "DiffusionLMSpec",
+    "LLaDAConfig",
+    "LLaDAModel",
+    "LLaDAModelLM",
+    "LLaDAPreTrainedModel",
+    "SpecialTokens",
+    "apply_chat_template_fix",
+    "get_spec",
+    "register_auto_classes",
+    "register_diffusion_lm",
+    "registered_families",
+    "resolve_special_tokens",
+]

@@ -1,0 +1,245 @@
+"""Native LLaDA for transformers 5: a Llama-style transformer without the causal mask.
+
+Module names match the published checkpoints exactly (`model.transformer.blocks.N.q_proj`, ...), so
+`GSAI-ML/LLaDA-8B-Instruct`, `-Base` and `LLaDA-1.5` load with strict keys and no `trust_remote_code`.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
+from transformers.modeling_utils import slice_logits_to_keep
+
+from .configuration_llada import LLaDAConfig
+
+
+class LLaDARMSNorm(nn.Module):
+    """RMSNorm computed in fp32 and cast back, as LLaDA (and Llama) do."""
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.float()
+        hidden_states = hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+def rotary_cos_sin(
+    position_ids: torch.Tensor, head_dim: int, theta: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE tables `[B, S, head_dim]` in fp32 (LLaDA's `rope_full_precision`), half-split layout."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    freqs = position_ids.to(device=device, dtype=torch.float32)[..., None] * inv_freq
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate `x` `[B, H, S, D]` by the tables `[B, S, D]`, in fp32, returning `x`'s dtype."""
+    x_float = x.float()
+    first, second = x_float.chunk(2, dim=-1)
+    rotated = torch.cat((-second, first), dim=-1)
+    return (x_float * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
+
+
+class LLaDABlock(GradientCheckpointingLayer):
+    """One pre-norm transformer block: bidirectional attention, then a SiLU-gated MLP."""
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        qkv_bias = config.include_bias or config.include_qkv_bias
+        kv_dim = config.n_kv_heads * config.head_dim
+        self.attn_norm = LLaDARMSNorm(config.d_model, config.rms_norm_eps)
+        self.q_proj = nn.Linear(config.d_model, config.d_model, bias=qkv_bias)
+        self.k_proj = nn.Linear(config.d_model, kv_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(config.d_model, kv_dim, bias=qkv_bias)
+        self.attn_out = nn.Linear(config.d_model, config.d_model, bias=config.include_bias)
+        self.ff_norm = LLaDARMSNorm(config.d_model, config.rms_norm_eps)
+        self.ff_proj = nn.Linear(config.d_model, config.mlp_hidden_size, bias=config.include_bias)  # gate
+        self.up_proj = nn.Linear(config.d_model, config.mlp_hidden_size, bias=config.include_bias)
+        self.ff_out = nn.Linear(config.mlp_hidden_size, config.d_model, bias=config.include_bias)
+        self.attention_dropout = config.attention_dropout
+        self.residual_dropout = nn.Dropout(config.residual_dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        batch, seq, _ = hidden_states.shape
+        normed = self.attn_norm(hidden_states)
+        q = self.q_proj(normed).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(normed).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(normed).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        attn = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attention_mask,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+            is_causal=False,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        attn = attn.transpose(1, 2).reshape(batch, seq, -1)
+        hidden_states = hidden_states + self.residual_dropout(self.attn_out(attn))
+        normed = self.ff_norm(hidden_states)
+        mlp = self.ff_out(F.silu(self.ff_proj(normed)) * self.up_proj(normed))
+        return hidden_states + self.residual_dropout(mlp)
+
+
+class LLaDAPreTrainedModel(PreTrainedModel):
+    config_class = LLaDAConfig
+    config: LLaDAConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LLaDABlock"]
+    _supports_sdpa = True
+    _can_compile_fullgraph = True
+
+
+def _expand_attention_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Turn a 2D key-padding mask (1 = attend) into SDPA's boolean `[B, 1, 1, S]`; pass 4D masks through.
+
+    A 4D mask is either boolean (True = attend) or additive (0 = attend, large negative = blocked), as in
+    transformers. An all-ones 2D mask is dropped so SDPA can take its fastest kernel.
+    """
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() == 2:
+        if bool(attention_mask.all()):
+            return None
+        return attention_mask.bool()[:, None, None, :]
+    if attention_mask.dim() == 4:
+        return attention_mask if attention_mask.dtype == torch.bool else attention_mask.to(dtype)
+    raise ValueError(
+        f"attention_mask must be 2D [B, S] or 4D [B, 1|H, S, S], got shape {tuple(attention_mask.shape)}."
+    )
+
+
+class LLaDAModel(LLaDAPreTrainedModel):
+    """The LLaDA trunk. Holds the output head too (`transformer.ff_out`), where the checkpoints keep it."""
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__(config)
+        modules = {
+            "wte": nn.Embedding(config.embedding_size, config.d_model),
+            "emb_drop": nn.Dropout(config.embedding_dropout),
+            "blocks": nn.ModuleList(LLaDABlock(config) for _ in range(config.n_layers)),
+            "ln_f": LLaDARMSNorm(config.d_model, config.rms_norm_eps),
+        }
+        if not config.weight_tying:
+            modules["ff_out"] = nn.Linear(config.d_model, config.embedding_size, bias=config.include_bias)
+        self.transformer = nn.ModuleDict(modules)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.wte
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.transformer.wte = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
+        """Final normed hidden states `[B, S, d_model]`; `hidden_states` holds the embeddings and every block's output,
+        the last one after `ln_f` (the transformers and original LLaDA convention)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.transformer.wte(input_ids)
+        batch, seq, _ = inputs_embeds.shape
+        if position_ids is None:
+            position_ids = torch.arange(seq, device=inputs_embeds.device).expand(batch, seq)
+        elif position_ids.dim() == 1:
+            position_ids = position_ids.expand(batch, seq)
+        rotary = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.device)
+        mask = _expand_attention_mask(attention_mask, inputs_embeds.dtype)
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+
+        hidden_states = self.transformer.emb_drop(inputs_embeds)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for block in self.transformer.blocks:
+            hidden_states = block(hidden_states, mask, rotary)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        hidden_states = self.transformer.ln_f(hidden_states)
+        if output_hidden_states:
+            all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
+        return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states)
+
+
+class LLaDAModelLM(LLaDAPreTrainedModel, GenerationMixin):
+    """LLaDA with its output head: `logits[b, i]` predicts the token at position `i` (no shift).
+
+    `logits_to_keep` selects where logits are computed, before the `[*, embedding_size]` projection:
+    an int keeps the last N positions (0 = all), a 1D tensor keeps those positions in every row, a 2D integer
+    tensor `[B, K]` keeps per-row positions, and a 2D boolean `[B, S]` keeps the marked positions (flattened).
+    Nothing else ever materialises `[B, S, 126464]` logits.
+
+    `generate()` is not a diffusion sampler; use `justgrpo_trl.decoding`. The model carries a
+    `generation_config` only because TRL and transformers expect one.
+    """
+
+    _tied_weights_keys = {}
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__(config)
+        self.model = LLaDAModel(config)
+        if self.generation_config is None:
+            self.generation_config = GenerationConfig.from_model_config(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.transformer.wte
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.model.transformer.wte = value
+
+    def get_output_embeddings(self) -> nn.Linear | None:
+        return None if self.config.weight_tying else self.model.transformer.ff_out
+
+    def output_head_weight(self) -> torch.Tensor:
+        return self.model.transformer.wte.weight if self.config.weight_tying else self.model.transformer.ff_out.weight
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutput:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        bias = None if self.config.weight_tying else self.model.transformer.ff_out.bias
+        logits = F.linear(hidden_states, self.output_head_weight(), bias)
+        return CausalLMOutput(logits=logits, hidden_states=outputs.hidden_states)
+
+
+__all__ = ["LLaDAModel", "LLaDAModelLM", "LLaDAPreTrainedModel"]
