@@ -1,0 +1,301 @@
+"""JustGRPO: plain GRPO on a masked diffusion LM treated as autoregressive during RL.
+
+`JustGRPOTrainer` is TRL's `GRPOTrainer` with two methods replaced:
+
+* `_generate_single_turn`: rollouts in AR order (`decoding.ar_decode`): one forward per token, every future slot
+  masked, sampling log-probs recorded;
+* `_get_per_token_logps_and_entropies`: the exact log-prob of each completion token under the same masking
+  (`collators.ARScoringCanvases`), packed in chunks and checkpointed one chunk at a time.
+
+Everything else (chat templates, rewards, advantages, every loss type, KL with a reference model or a PEFT adapter,
+`num_iterations`, `steps_per_generation`, entropy masking, logging) is TRL's own code.
+"""
+
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from accelerate.utils import gather
+from torch.utils.checkpoint import checkpoint
+from transformers.utils import logging
+from trl import GRPOConfig, GRPOTrainer
+from trl.models.utils import _ForwardRedirection, unwrap_model_for_generation
+
+from .collators import ARScoringCanvases, ScoringChunk
+from .decoding import ar_decode, logprobs_and_entropy, scaled_logits
+from .models import apply_chat_template_fix, get_spec, resolve_special_tokens
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class JustGRPOConfig(GRPOConfig):
+    """`GRPOConfig` plus the knobs of AR-order RL on diffusion LMs.
+
+    Every forward in a rollout and every scored token costs a full-canvas forward, so `max_completion_length`
+    defaults to the paper's 256 rather than TRL's 512.
+    """
+
+    max_completion_length: int | None = field(
+        default=256,
+        metadata={"help": "Canvas length L: the rollout's number of masked slots, and the scoring canvas' length."},
+    )
+    logprob_chunk_size: int = field(
+        default=16,
+        metadata={
+            "help": "Scoring canvases per forward. Each chunk is wrapped in non-reentrant activation checkpointing, "
+            "so memory holds one chunk's activations at a time during the backward. Larger is faster, up to memory."
+        },
+    )
+    reuse_sampling_logprobs: bool = field(
+        default=True,
+        metadata={
+            "help": "When TRL needs old log-probs (num_iterations > 1 or steps_per_generation > "
+            "gradient_accumulation_steps), use the log-probs recorded during the rollout instead of a scoring pass. "
+            "They are the same quantity under the same weights (tested to 1e-5 in fp32); turn off to recompute."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.logprob_chunk_size < 1:
+            raise ValueError(f"logprob_chunk_size must be >= 1, got {self.logprob_chunk_size}.")
+
+
+def _check_supported(args: GRPOConfig) -> None:
+    """Reject TRL options that cannot work with a bidirectional diffusion LM, saying why and what to do."""
+    if not isinstance(args, JustGRPOConfig):
+        raise TypeError(f"JustGRPOTrainer needs a JustGRPOConfig, got {type(args).__name__}: use JustGRPOConfig(...).")
+    unsupported = {
+        "use_vllm": "vLLM has no masked-diffusion sampler; rollouts run in-process with AR-order decoding.",
+        "use_transformers_continuous_batching": "continuous batching assumes a KV cache, which bidirectional "
+        "attention does not have.",
+        "use_liger_kernel": "Liger's fused linear cross-entropy assumes the causal shift; LLaDA scores position i "
+        "with the logits at i.",
+        "cast_lm_head_to_fp32": "the trainer already computes log-probs and entropies in fp32 from the logits of "
+        "the scored positions only.",
+    }
+    for name, reason in unsupported.items():
+        if getattr(args, name, False):
+            raise ValueError(f"JustGRPOTrainer does not support `{name}=True`: {reason} Set `{name}=False`.")
+    if args.temperature <= 0:
+        raise ValueError(f"temperature must be > 0 in RL rollouts (TRL divides logits by it), got {args.temperature}.")
+    if (args.top_k or 0) > 0 or args.top_p < 1.0 or args.min_p is not None:
+        logger.warning(
+            "top_k/top_p/min_p change how rollouts are sampled, but TRL's training log-probs use the full "
+            "temperature-scaled distribution, so the policy gradient is biased. The JustGRPO recipe uses neither."
+        )
+
+
+class JustGRPOTrainer(GRPOTrainer):
+    """Drop-in `GRPOTrainer` for masked diffusion LMs (LLaDA family), trained in autoregressive order.
+
+    Example:
+    ```python
+    from justgrpo_trl import JustGRPOConfig, JustGRPOTrainer
+    from justgrpo_trl.rewards import math_reward
+
+    trainer = JustGRPOTrainer(
+        model="GSAI-ML/LLaDA-8B-Instruct",
+        reward_funcs=math_reward,
+        args=JustGRPOConfig(output_dir="llada-justgrpo", num_generations=16, bf16=True),
+        train_dataset=dataset,
+    )
+    trainer.train()
+    ```
+    """
+
+    _tag_names = ["trl", "grpo", "justgrpo", "diffusion-lm"]
+    _name = "JustGRPO"
+
+    def __init__(self, model, reward_funcs=None, args: JustGRPOConfig | None = None, *pargs, **kwargs):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = JustGRPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-JustGRPO")
+        _check_supported(args)
+        for unsupported in ("tools", "environment_factory"):
+            if kwargs.get(unsupported) is not None:
+                raise ValueError(f"JustGRPOTrainer does not support `{unsupported}`: rollouts are single-turn.")
+        super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        self.diffusion_spec = get_spec(unwrapped)
+        apply_chat_template_fix(self.diffusion_spec, self._tokenizer)
+        self.special_tokens = resolve_special_tokens(self.diffusion_spec, self._tokenizer, unwrapped.config)
+        # TRL reads eos_token_ids for `clipped_ratio` and `mask_truncated_completions`: every stop token ends a reply.
+        self.eos_token_ids = list(dict.fromkeys([*self.special_tokens.stop_ids, *self.eos_token_ids]))
+        self.max_sequence_length = getattr(unwrapped.config, "max_sequence_length", None) or getattr(
+            unwrapped.config, "max_position_embeddings", None
+        )
+        if self.max_sequence_length is not None and self.max_completion_length >= self.max_sequence_length:
+            raise ValueError(
+                f"max_completion_length={self.max_completion_length} leaves no room for a prompt within the model's "
+                f"maximum length {self.max_sequence_length}; lower max_completion_length."
+            )
+        self._forward_redirection = _ForwardRedirection()
+        self._pending_sampling_logps: tuple[torch.Tensor, list[list[int]]] | None = None
+
+    # ------------------------------------------------------------------ rollouts
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        """Sample completions in AR order; returns `(completion_ids, logprobs)` lists as TRL expects."""
+        if images is not None or multimodal_fields:
+            raise ValueError("JustGRPOTrainer supports text-only prompts.")
+        self._check_prompts(prompt_ids)
+        tokens = self.special_tokens
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped_model,
+            torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+            self.accelerator.autocast(),
+        ):
+            output = ar_decode(
+                unwrapped_model,
+                prompt_ids,
+                gen_length=self.max_completion_length,
+                mask_id=tokens.mask_id,
+                stop_ids=tokens.stop_ids,
+                pad_id=tokens.pad_id,
+                temperature=self.temperature,
+                top_k=self.args.top_k or None,
+                top_p=self.args.top_p,
+                logit_shift=tokens.logit_shift,
+            )
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        old_logps_needed = self.args.gradient_accumulation_steps % generate_every != 0
+        if self.args.reuse_sampling_logprobs and old_logps_needed and self.model.training:
+            self._pending_sampling_logps = (self._pad_rows(output.logprobs, 0.0), output.completion_ids)
+        return output.completion_ids, output.logprobs
+
+    def _check_prompts(self, prompt_ids: list[list[int]]) -> None:
+        mask_id = self.special_tokens.mask_id
+        for index, ids in enumerate(prompt_ids):
+            if mask_id in ids:
+                raise ValueError(
+                    f"Prompt {index} contains the mask token (id {mask_id}), which would be read as a slot to fill. "
+                    "Remove it from the dataset's prompts."
+                )
+        longest = max(len(ids) for ids in prompt_ids)
+        if self.max_sequence_length is not None and longest + self.max_completion_length > self.max_sequence_length:
+            raise ValueError(
+                f"A prompt of {longest} tokens plus max_completion_length={self.max_completion_length} exceeds the "
+                f"model's maximum length {self.max_sequence_length}. Shorten the prompts or max_completion_length."
+            )
+
+    def _pad_rows(self, rows: list[list[float]], value: float) -> torch.Tensor:
+        width = max((len(r) for r in rows), default=0)
+        out = torch.full((len(rows), max(width, 1)), value, dtype=torch.float32)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
+        return out.to(self.accelerator.device)
+
+    # ------------------------------------------------------------------ exact log-probs
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **multimodal_inputs,
+    ):
+        """Exact AR-order log-probs `[B, T]` (and entropies) of the completion tokens, `T = logits_to_keep`.
+
+        Token j of row b is scored on `[prompt | c_<j | MASK x (L - j)]`, `L = max_completion_length`, at the
+        positions TRL's completion mask marks; the others are 0. Logits are divided by the temperature and the mask
+        token is excluded from the softmax, as in the rollout.
+        """
+        if any(value is not None for value in multimodal_inputs.values()):
+            raise ValueError("JustGRPOTrainer supports text-only inputs.")
+        cached = self._take_sampling_logps(input_ids, logits_to_keep)
+        if cached is not None:
+            return cached, None, None
+
+        prompt_width = input_ids.size(1) - logits_to_keep
+        canvases = ARScoringCanvases(
+            input_ids[:, :prompt_width],
+            attention_mask[:, :prompt_width],
+            input_ids[:, prompt_width:],
+            attention_mask[:, prompt_width:],
+            gen_length=self.max_completion_length,
+            mask_id=self.special_tokens.mask_id,
+            chunk_size=self.args.logprob_chunk_size,
+            logit_shift=self.special_tokens.logit_shift,
+        )
+        unwrapped = self.accelerator.unwrap_model(model)
+        score = partial(self._score_canvases, unwrapped)
+        if unwrapped is model:
+            logps, entropies = score(canvases)
+        else:  # one pass through the DDP/DeepSpeed wrapper's forward, however many chunks run inside
+            logps, entropies = self._forward_redirection(model, unwrapped, score, canvases)
+        aux_loss = logps.new_zeros(()) if compute_aux_loss else None
+        return logps, (entropies if compute_entropy else None), aux_loss
+
+    def _score_canvases(self, module, canvases: ARScoringCanvases) -> tuple[torch.Tensor, torch.Tensor]:
+        num_chunks = len(canvases)
+        num_forwards = max(self._max_across_sharded_ranks(num_chunks), 1)
+        values, anchor = [], None
+        for index in range(num_forwards):
+            real = index < num_chunks
+            chunk = canvases.chunk(index) if real else canvases.views(*(canvases.rows.new_zeros(1),) * 2)
+            logps, entropies = self._chunk_forward(module, chunk)
+            if real:
+                values.append((chunk, logps, entropies))
+            else:  # keeps every rank's forward count equal and the graph connected when nothing is scored
+                term = 0.0 * (logps.sum() + entropies.sum())
+                anchor = term if anchor is None else anchor + term
+        shape, device = (canvases.batch_size, canvases.completion_width), canvases.completions.device
+        logps, entropies = torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+        if values:
+            rows = torch.cat([c.rows for c, _, _ in values])
+            cols = torch.cat([c.cols for c, _, _ in values])
+            logps = logps.index_put((rows, cols), torch.cat([v for _, v, _ in values]))
+            entropies = entropies.index_put((rows, cols), torch.cat([e for _, _, e in values]))
+        if anchor is not None:
+            logps = logps + anchor
+        return logps, entropies
+
+    def _chunk_forward(self, module, chunk: ScoringChunk) -> tuple[torch.Tensor, torch.Tensor]:
+        args = (module, chunk.input_ids, chunk.attention_mask, chunk.positions, chunk.targets)
+        if torch.is_grad_enabled():
+            return checkpoint(self._chunk_logps, *args, use_reentrant=False)
+        return self._chunk_logps(*args)
+
+    def _chunk_logps(self, module, input_ids, attention_mask, positions, targets):
+        with self.accelerator.autocast():
+            logits = module(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions).logits
+        logits = scaled_logits(logits[:, 0], self.special_tokens.mask_id, self.temperature)
+        logps, entropies = logprobs_and_entropy(logits)
+        return logps.gather(-1, targets[:, None])[:, 0], entropies
+
+    def _max_across_sharded_ranks(self, count: int) -> int:
+        """Under ZeRO-3 or FSDP each forward gathers parameters collectively, so all ranks must run as many."""
+        sharded = self.is_fsdp_enabled or (
+            self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        )
+        if not sharded or self.accelerator.num_processes == 1:
+            return count
+        return int(gather(torch.tensor([count], device=self.accelerator.device)).max())
+
+    def _take_sampling_logps(self, input_ids: torch.Tensor, width: int) -> torch.Tensor | None:
+        """The rollout's log-probs, if this call is TRL's old-log-prob pass over exactly that rollout."""
+        pending, self._pending_sampling_logps = self._pending_sampling_logps, None
+        if pending is None or torch.is_grad_enabled():
+            return None
+        logps, completions = pending
+        if input_ids.size(0) != len(completions):
+            return None
+        for row, ids in zip(input_ids[:, input_ids.size(1) - width :].tolist(), completions):
+            if row[: len(ids)] != ids:
+                return None
+        out = torch.zeros((len(completions), width), device=logps.device)
+        out[:, : min(width, logps.size(1))] = logps[:, :width]
+        return out
