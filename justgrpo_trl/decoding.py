@@ -52,10 +52,11 @@ def scaled_logits(logits: torch.Tensor, mask_id: int, temperature: float = 1.0) 
 
 
 def logprobs_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`log_softmax` and entropy over the last dim; the `-inf` (mask) entries contribute 0, never NaN."""
+    """`log_softmax` and entropy over the last dim; the `-inf` (mask) entries contribute 0, never NaN, and neither
+    does their gradient (`p * log p` is never evaluated at `log p = -inf`)."""
     logps = torch.log_softmax(logits, dim=-1)
     probs = logps.exp()
-    entropy = -torch.where(probs > 0, probs * logps, torch.zeros_like(logps)).sum(-1)
+    entropy = -(probs * logps.masked_fill(probs == 0, 0.0)).sum(-1)
     return logps, entropy
 
 
