@@ -1,0 +1,182 @@
+"""Answer extraction and `math_equal`: a table of hand-written completions plus targeted unit tests."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from justgrpo_trl.grading.math import (
+    extract_answer,
+    extract_boxed,
+    extract_gsm8k_gold,
+    extract_last_number,
+    extract_math_gold,
+    math_equal,
+    normalize_answer,
+)
+
+# (completion, gold, expected): the completion goes through `extract_answer`, then `math_equal` against gold.
+GRADING_TABLE = [
+    # thousands separators, currency and units
+    ("She earns 1,234 dollars per week.", "1234", True),
+    (r"The total is \boxed{1,000,000}.", "1000000", True),
+    (r"So it costs \boxed{\$18}.", "18", True),
+    ("It costs $5.00 in total.", "5", True),
+    (r"The answer is \boxed{5 \text{ cm}}", "5", True),
+    (r"\boxed{12\text{ dollars}}", "12", True),
+    ("The answer is 18 dollars.", "18", True),
+    (r"\boxed{\$1,234.50}", "1234.5", True),
+    (r"\boxed{15 \text{ cm}^2}", "15", True),
+    # percentages
+    (r"The probability is \boxed{50\%}", "0.5", True),
+    (r"The discount is \boxed{50\%}", "50", True),
+    (r"\boxed{0.25}", r"25\%", True),
+    (r"\boxed{25}", "0.25", False),  # no percent sign on either side: 25 is not 0.25
+    # fractions and decimals
+    (r"\boxed{0.5}", r"\frac{1}{2}", True),
+    (r"\boxed{\dfrac{1}{2}}", "1/2", True),
+    (r"\boxed{\frac12}", "0.5", True),
+    (r"\boxed{-\frac{3}{4}}", "-0.75", True),
+    (r"\boxed{\frac{14}{3}}", "4.6667", True),
+    (r"\boxed{\frac{1}{3}}", "0.33", False),
+    # boxes: nested braces, \fbox, last box wins, truncated box
+    (r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt{3}}{2}", True),
+    (r"First \boxed{3}, then correcting myself: \boxed{4}", "4", True),
+    (r"First \boxed{3}, then correcting myself: \boxed{4}", "3", False),
+    (r"\fbox{12}", "12", True),
+    (r"\boxed{{{5}}}", "5", True),
+    (r"I think \boxed{7} is wrong; the result is \boxed{8", "8", True),  # unclosed box: falls back to last number
+    # "the answer is" and the last number
+    ("Adding them up, the answer is -7.", "-7", True),
+    ("The final answer is: **42**", "42", True),
+    ("The answer is 12, because 3 + 9 = 12. Let me double-check with 5 apples.", "12", True),
+    ("I got 12 and then 15", "12", False),  # the last number wins, not the first
+    ("Ten minus three: 10-3=7", "7", True),
+    ("The temperature dropped to -5 degrees", "-5", True),
+    ("We have 3 boxes of 4, so 12 in all", "12", True),
+    ("No number here at all.", "3", False),
+    # symbolic equivalence
+    (r"\boxed{\sqrt{8}}", r"2\sqrt{2}", True),
+    (r"\boxed{x^2+2x+1}", "(x+1)^2", True),
+    (r"\boxed{2\pi}", "6.2832", True),
+    (r"\boxed{\frac{\pi}{2}}", r"\frac{2\pi}{4}", True),
+    (r"\boxed{\sqrt{2}}", r"\sqrt{3}", False),
+    (r"\boxed{x^2-1}", "(x-1)(x+1)", True),
+    # assignments, intervals, tuples, sets, degrees, text
+    (r"\boxed{x=5}", "5", True),
+    (r"\boxed{y = 2x + 3}", "2x+3", True),
+    (r"\boxed{k \in [2, 5)}", "[2,5)", True),
+    (r"\boxed{(1, 2]}", "(1,2]", True),
+    (r"\boxed{(1, 2)}", "[1,2]", False),
+    (r"\boxed{\left( 3, \frac{\pi}{2} \right)}", r"(3,\frac{\pi}{2})", True),
+    (r"\boxed{(2, 3)}", "(3, 2)", False),  # tuples are ordered
+    (r"\boxed{2, 3}", "3, 2", True),  # a bare list of solutions is not
+    (r"\boxed{\{1,2\}}", r"\{2,1\}", True),
+    (r"\boxed{(-\infty, 3)}", r"(-\infty,3)", True),
+    (r"\boxed{90^\circ}", "90", True),
+    (r"\boxed{\text{(C)}}", r"\text{(C)}", True),
+    (r"\boxed{\text{Yes}}", "yes", True),
+    (r"\boxed{\text{No}}", "yes", False),
+    # close but wrong
+    (r"\boxed{1234}", "1243", False),
+    (r"\boxed{-5}", "5", False),
+    (r"\boxed{1.01}", "1", False),
+    (r"\boxed{3.14}", r"\pi", False),
+    (r"\boxed{100}", "1000", False),
+]
+
+
+@pytest.mark.parametrize(("completion", "gold", "expected"), GRADING_TABLE)
+def test_grading_table(completion, gold, expected):
+    assert math_equal(extract_answer(completion), gold) is expected
+
+
+def test_table_is_large_enough():
+    assert len(GRADING_TABLE) >= 40
+    assert {expected for _, _, expected in GRADING_TABLE} == {True, False}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"so \boxed{\frac{a}{\{b\}}} done", r"\frac{a}{\{b\}}"),
+        (r"\boxed{1} and \fbox{2}", "2"),
+        (r"\boxed 5 apples", "5"),
+        (r"\boxed{unclosed", None),
+        ("nothing boxed", None),
+    ],
+)
+def test_extract_boxed(text, expected):
+    assert extract_boxed(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1,234 apples and 5 pears cost 2,500.75", "2500.75"),
+        ("from page 3-5", "5"),
+        ("it fell to -4", "-4"),
+        ("half is 1/2", "1/2"),
+        ("no digits", None),
+    ],
+)
+def test_extract_last_number(text, expected):
+    assert extract_last_number(text) == expected
+
+
+def test_extraction_order_box_before_phrase_before_last_number():
+    assert extract_answer(r"The answer is 3. Then \boxed{4} and 5") == "4"
+    assert extract_answer("The answer is 3. Then 5") == "3"
+    assert extract_answer("Then 5") == "5"
+
+
+def test_gold_extraction():
+    assert extract_gsm8k_gold("Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 1,234") == "1234"
+    assert extract_math_gold(r"Thus $x = \boxed{\frac{1}{2}}$.") == r"\frac{1}{2}"
+    assert extract_math_gold("no box") is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalized"),
+    [
+        (r"\boxed{5 \text{ cm}}", "5"),
+        (r"\$1,234", "1234"),
+        (r"x = \dfrac{1}{2}", r"\frac{1}{2}"),
+        (r"30^{\circ}", "30"),
+        (r"\left( 1, 2 \right)", "( 1, 2 )"),
+        (r"50\%", "50%"),
+        ("2x", "2x"),  # a variable is not a unit
+    ],
+)
+def test_normalize_answer(raw, normalized):
+    assert normalize_answer(raw) == normalized
+
+
+def test_none_and_empty_never_match():
+    assert not math_equal(None, "5")
+    assert not math_equal("5", None)
+    assert not math_equal("", "")
+
+
+def test_numbers_are_accepted():
+    assert math_equal(5, "5.0")
+    assert math_equal("0.1", 0.1)
+
+
+def test_pathological_expression_times_out_instead_of_hanging():
+    start = time.monotonic()
+    assert not math_equal(r"2^{2^{2^{2^{2^{2}}}}}", "3", timeout=1.0)
+    # The symbolic worker's start-up is not charged to the timeout; the computation itself is cut at 1 s.
+    assert time.monotonic() - start < 30
+    # The killed worker is replaced: symbolic checks keep working.
+    assert math_equal(r"\sqrt{8}", r"2\sqrt{2}")
+
+
+def test_symbolic_check_works_from_worker_threads():
+    """Reward functions may run outside the main thread, where `signal.alarm` timeouts do not work."""
+    pairs = [(r"\sqrt{8}", r"2\sqrt{2}", True), (r"\sqrt{2}", r"\sqrt{3}", False)] * 4
+    assert threading.current_thread() is threading.main_thread()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda p: math_equal(p[0], p[1]), pairs))
+    assert results == [expected for _, _, expected in pairs]
