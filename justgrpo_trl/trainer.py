@@ -16,13 +16,13 @@ from functools import partial
 
 import torch
 from accelerate.utils import gather
-from torch.utils.checkpoint import checkpoint
 from transformers.utils import logging
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import _ForwardRedirection, unwrap_model_for_generation
 
-from .collators import ARScoringCanvases, ScoringChunk
-from .decoding import ar_decode, logprobs_and_entropy, scaled_logits
+from .collators import ARScoringCanvases
+from .decoding import ar_decode
+from .estimators import score_canvases
 from .models import apply_chat_template_fix, get_spec, resolve_special_tokens
 
 logger = logging.get_logger(__name__)
@@ -56,8 +56,25 @@ class JustGRPOConfig(GRPOConfig):
         },
     )
 
+    justgrpo_fast: bool = field(
+        default=False,
+        metadata={
+            "help": "JustGRPO-Fast: train only on the `top_entropy_quantile` highest-entropy positions (the paper "
+            "uses 0.25), chosen by the entropies recorded during the rollout, and never compute the other positions. "
+            "Needs top_entropy_quantile < 1, beta = 0 and no entropy bonus."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
+        if self.justgrpo_fast:
+            if self.top_entropy_quantile >= 1.0:
+                raise ValueError("justgrpo_fast needs top_entropy_quantile < 1 (the paper uses 0.25).")
+            if self.beta != 0.0 or self.entropy_coef != 0.0 or self.use_adaptive_entropy:
+                raise ValueError(
+                    "justgrpo_fast skips the unselected positions, whose log-probs the KL term and the entropy bonus "
+                    "would need: set beta=0 and entropy_coef=0 (and use_adaptive_entropy=False), or turn it off."
+                )
         if self.logprob_chunk_size < 1:
             raise ValueError(f"logprob_chunk_size must be >= 1, got {self.logprob_chunk_size}.")
 
@@ -134,6 +151,7 @@ class JustGRPOTrainer(GRPOTrainer):
             )
         self._forward_redirection = _ForwardRedirection()
         self._pending_sampling_logps: tuple[torch.Tensor, list[list[int]]] | None = None
+        self._rollout_entropies: dict[tuple[tuple[int, ...], tuple[int, ...]], list[float]] = {}
 
     # ------------------------------------------------------------------ rollouts
 
@@ -170,6 +188,11 @@ class JustGRPOTrainer(GRPOTrainer):
         old_logps_needed = self.args.gradient_accumulation_steps % generate_every != 0
         if self.args.reuse_sampling_logprobs and old_logps_needed and self.model.training:
             self._pending_sampling_logps = (self._pad_rows(output.logprobs, 0.0), output.completion_ids)
+        if self.args.justgrpo_fast:
+            self._rollout_entropies = {
+                (tuple(prompt), tuple(completion)): entropies
+                for prompt, completion, entropies in zip(prompt_ids, output.completion_ids, output.entropies)
+            }
         return output.completion_ids, output.logprobs
 
     def _check_prompts(self, prompt_ids: list[list[int]]) -> None:
@@ -220,61 +243,52 @@ class JustGRPOTrainer(GRPOTrainer):
             return cached, None, None
 
         prompt_width = input_ids.size(1) - logits_to_keep
+        score_mask, entropies_override = attention_mask[:, prompt_width:], None
+        if self.args.justgrpo_fast:
+            entropies_override = self._recorded_entropies(input_ids, attention_mask, prompt_width)
+            # The very mask TRL's `_compute_loss` derives from the entropies returned below.
+            score_mask = self.get_high_entropy_mask(entropies_override, score_mask, 1 - self.top_entropy_quantile)
         canvases = ARScoringCanvases(
             input_ids[:, :prompt_width],
             attention_mask[:, :prompt_width],
             input_ids[:, prompt_width:],
-            attention_mask[:, prompt_width:],
+            score_mask,
             gen_length=self.max_completion_length,
             mask_id=self.special_tokens.mask_id,
             chunk_size=self.args.logprob_chunk_size,
             logit_shift=self.special_tokens.logit_shift,
         )
         unwrapped = self.accelerator.unwrap_model(model)
-        score = partial(self._score_canvases, unwrapped)
+        score = partial(
+            score_canvases,
+            unwrapped,
+            mask_id=self.special_tokens.mask_id,
+            temperature=self.temperature,
+            num_forwards=self._max_across_sharded_ranks(len(canvases)),
+            autocast=self.accelerator.autocast,
+        )
         if unwrapped is model:
             logps, entropies = score(canvases)
         else:  # one pass through the DDP/DeepSpeed wrapper's forward, however many chunks run inside
             logps, entropies = self._forward_redirection(model, unwrapped, score, canvases)
+        if entropies_override is not None:
+            entropies = entropies_override
         aux_loss = logps.new_zeros(()) if compute_aux_loss else None
         return logps, (entropies if compute_entropy else None), aux_loss
 
-    def _score_canvases(self, module, canvases: ARScoringCanvases) -> tuple[torch.Tensor, torch.Tensor]:
-        num_chunks = len(canvases)
-        num_forwards = max(self._max_across_sharded_ranks(num_chunks), 1)
-        values, anchor = [], None
-        for index in range(num_forwards):
-            real = index < num_chunks
-            chunk = canvases.chunk(index) if real else canvases.views(*(canvases.rows.new_zeros(1),) * 2)
-            logps, entropies = self._chunk_forward(module, chunk)
-            if real:
-                values.append((chunk, logps, entropies))
-            else:  # keeps every rank's forward count equal and the graph connected when nothing is scored
-                term = 0.0 * (logps.sum() + entropies.sum())
-                anchor = term if anchor is None else anchor + term
-        shape, device = (canvases.batch_size, canvases.completion_width), canvases.completions.device
-        logps, entropies = torch.zeros(shape, device=device), torch.zeros(shape, device=device)
-        if values:
-            rows = torch.cat([c.rows for c, _, _ in values])
-            cols = torch.cat([c.cols for c, _, _ in values])
-            logps = logps.index_put((rows, cols), torch.cat([v for _, v, _ in values]))
-            entropies = entropies.index_put((rows, cols), torch.cat([e for _, _, e in values]))
-        if anchor is not None:
-            logps = logps + anchor
-        return logps, entropies
-
-    def _chunk_forward(self, module, chunk: ScoringChunk) -> tuple[torch.Tensor, torch.Tensor]:
-        args = (module, chunk.input_ids, chunk.attention_mask, chunk.positions, chunk.targets)
-        if torch.is_grad_enabled():
-            return checkpoint(self._chunk_logps, *args, use_reentrant=False)
-        return self._chunk_logps(*args)
-
-    def _chunk_logps(self, module, input_ids, attention_mask, positions, targets):
-        with self.accelerator.autocast():
-            logits = module(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions).logits
-        logits = scaled_logits(logits[:, 0], self.special_tokens.mask_id, self.temperature)
-        logps, entropies = logprobs_and_entropy(logits)
-        return logps.gather(-1, targets[:, None])[:, 0], entropies
+    def _recorded_entropies(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int):
+        """The rollout's per-token entropies `[B, T]` for the rows of this batch (JustGRPO-Fast)."""
+        entropies = torch.zeros(input_ids.size(0), input_ids.size(1) - prompt_width, device=input_ids.device)
+        lengths = attention_mask[:, prompt_width:].sum(1).tolist()
+        for row, (ids, mask, length) in enumerate(zip(input_ids.tolist(), attention_mask.tolist(), lengths)):
+            if length == 0:
+                continue
+            prompt = tuple(t for t, m in zip(ids[:prompt_width], mask[:prompt_width]) if m)
+            key = (prompt, tuple(ids[prompt_width : prompt_width + length]))
+            if key not in self._rollout_entropies:
+                raise RuntimeError("JustGRPO-Fast found a completion that was not sampled by this trainer's rollout.")
+            entropies[row, :length] = torch.tensor(self._rollout_entropies[key], device=input_ids.device)
+        return entropies
 
     def _max_across_sharded_ranks(self, count: int) -> int:
         """Under ZeRO-3 or FSDP each forward gathers parameters collectively, so all ranks must run as many."""

@@ -293,3 +293,49 @@ def test_non_diffusion_model_is_rejected(tmp_path, tiny_tokenizer):
     )
     with pytest.raises(ValueError, match="register_diffusion_lm"):
         make_trainer(llama, tiny_tokenizer, tmp_path)
+
+
+def test_justgrpo_fast_equals_the_plain_loop_on_the_top_entropy_tokens_only(stop_heavy_model, tmp_path, monkeypatch):
+    model, tokenizer, tokens = stop_heavy_model
+    quantile = 0.25
+    trainer = make_trainer(
+        model, tokenizer, tmp_path, loss_type="grpo", justgrpo_fast=True, top_entropy_quantile=quantile
+    )
+    prompts = prompt_ids(tokenizer)[:4]
+    completions, _ = rollout(trainer, prompts)
+    recorded = [trainer._rollout_entropies[(tuple(p), tuple(c))] for p, c in zip(prompts, completions)]
+    threshold = torch.quantile(torch.tensor([e for row in recorded for e in row]), 1 - quantile)
+    selected = [[e >= threshold for e in row] for row in recorded]
+    advantages = torch.tensor([1.0, -0.5, 0.25, -0.75])
+
+    model.zero_grad()
+    for prompt, completion, keep, advantage in zip(prompts, completions, selected, advantages.tolist()):
+        for logp, kept in zip(oracle_logps(model, prompt, completion, tokens, TEMPERATURE), keep):
+            if kept:
+                (-advantage * logp / len(completion) / len(prompts)).backward()
+    expected = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+    import justgrpo_trl.trainer as trainer_module
+
+    scored = []
+    original = trainer_module.score_canvases
+
+    def counting_score(module, canvases, **kwargs):
+        scored.append(canvases.num_canvases)
+        return original(module, canvases, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "score_canvases", counting_score)
+    got = trainer_gradients(trainer, prompts, completions, advantages, tokens)
+    assert scored == [sum(map(sum, selected))] and scored[0] < sum(map(len, completions)) / 2
+    num = sum((got[n] - expected[n]).pow(2).sum() for n in expected).sqrt()
+    den = sum(expected[n].pow(2).sum() for n in expected).sqrt()
+    print(
+        f"\n[fast] scored {scored[0]} of {sum(map(len, completions))} tokens, relative gradient error {num / den:.3e}"
+    )
+    assert den > 0 and num / den <= 1e-4
+
+
+def test_justgrpo_fast_rejects_a_kl_term(stop_heavy_model, tmp_path):
+    model, tokenizer, _ = stop_heavy_model
+    with pytest.raises(ValueError, match="beta=0"):
+        make_trainer(model, tokenizer, tmp_path, justgrpo_fast=True, top_entropy_quantile=0.25, beta=0.04)

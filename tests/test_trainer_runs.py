@@ -164,8 +164,9 @@ def test_off_policy_steps(tmp_path, tiny_checkpoint, overrides):
     assert_metrics(trainer)
 
 
-def test_top_entropy_quantile(tmp_path, tiny_checkpoint):
-    trainer, before = run_training(tmp_path, tiny_checkpoint, top_entropy_quantile=0.5)
+@pytest.mark.parametrize("fast", [False, True], ids=["scored-entropies", "justgrpo-fast"])
+def test_top_entropy_quantile(tmp_path, tiny_checkpoint, fast):
+    trainer, before = run_training(tmp_path, tiny_checkpoint, top_entropy_quantile=0.5, justgrpo_fast=fast)
     assert_all_trainable_changed(trainer, before)
     assert_metrics(trainer)
 
