@@ -11,11 +11,16 @@ Everything else (chat templates, rewards, advantages, every loss type, KL with a
 `num_iterations`, `steps_per_generation`, entropy masking, logging) is TRL's own code.
 """
 
+import os
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+import transformers.trainer
+import trl.trainer.grpo_trainer
 from accelerate.utils import gather
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import _ForwardRedirection, unwrap_model_for_generation
@@ -24,6 +29,15 @@ from .collators import ARScoringCanvases
 from .decoding import ar_decode
 from .estimators import score_canvases
 from .models import apply_chat_template_fix, get_spec, resolve_special_tokens
+from .reliability import (
+    REWARD_ERROR_POLICIES,
+    STAGING_PREFIX,
+    EpochSeededRepeatSampler,
+    guard_reward_functions,
+    publish_checkpoint,
+    staged_checkpoint_names,
+    zero_nonfinite_gradients,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -65,8 +79,52 @@ class JustGRPOConfig(GRPOConfig):
         },
     )
 
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Longest prompt in tokens; longer ones are handled by `prompt_truncation`. None: no limit."},
+    )
+    prompt_truncation: str = field(
+        default="error",
+        metadata={"help": "'error': stop on a prompt over max_prompt_length; 'left': keep its last tokens and warn."},
+    )
+    reward_errors: str = field(
+        default="raise",
+        metadata={
+            "help": "A reward function that raises or returns a non-finite value: 'raise' stops with an error naming "
+            "the function and the row; 'skip' scores that row None (TRL leaves it out), counts it in the "
+            "`reward_failures/<name>` metric and goes on."
+        },
+    )
+    zero_nonfinite_grads: bool = field(
+        default=True,
+        metadata={
+            "help": "Zero NaN/inf gradient entries before clipping, as the reference recipe does; counted in the "
+            "`nonfinite_grad_elements` metric. Not available under DeepSpeed, which steps inside its backward."
+        },
+    )
+    skip_nonfinite_loss_steps: bool = field(
+        default=True,
+        metadata={
+            "help": "If any micro-batch loss of an optimizer step is NaN/inf on any process, skip that optimizer step "
+            "(counted in `skipped_steps`). Not available under DeepSpeed."
+        },
+    )
+
     def __post_init__(self):
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ValueError as error:
+            if "divisible by num_generations" not in str(error):
+                raise
+            raise ValueError(
+                f"{error} Each generation batch must hold whole groups: make per_device_train_batch_size x "
+                "gradient_accumulation_steps x number of processes (or generation_batch_size) a multiple of "
+                f"num_generations={self.num_generations}, or change num_generations."
+            ) from error
+        if self.prompt_truncation not in ("error", "left"):
+            raise ValueError(f"prompt_truncation must be 'error' or 'left', got {self.prompt_truncation!r}.")
+        if self.reward_errors not in REWARD_ERROR_POLICIES:
+            raise ValueError(f"reward_errors must be one of {REWARD_ERROR_POLICIES}, got {self.reward_errors!r}.")
         if self.justgrpo_fast:
             if self.top_entropy_quantile >= 1.0:
                 raise ValueError("justgrpo_fast needs top_entropy_quantile < 1 (the paper uses 0.25).")
@@ -104,6 +162,23 @@ def _check_supported(args: GRPOConfig) -> None:
         )
 
 
+def _check_dataset(dataset) -> None:
+    """Fail before training on data TRL would only trip over mid-run: no `prompt` column, or empty prompts."""
+    if dataset is None or getattr(dataset, "column_names", None) is None:
+        return
+    if "prompt" not in dataset.column_names:
+        raise ValueError(
+            f"The training dataset has no 'prompt' column (columns: {dataset.column_names}). Rename the column "
+            "holding the prompts, e.g. `dataset = dataset.rename_column('question', 'prompt')`."
+        )
+    if not hasattr(dataset, "__len__"):
+        return  # an IterableDataset is checked batch by batch as it streams
+    for index, prompt in enumerate(dataset["prompt"]):
+        text = prompt if isinstance(prompt, str) else "".join(str(m.get("content") or "") for m in prompt)
+        if not text.strip():
+            raise ValueError(f"Row {index} of the training dataset has an empty prompt; remove it from the dataset.")
+
+
 class JustGRPOTrainer(GRPOTrainer):
     """Drop-in `GRPOTrainer` for masked diffusion LMs (LLaDA family), trained in autoregressive order.
 
@@ -133,6 +208,13 @@ class JustGRPOTrainer(GRPOTrainer):
         for unsupported in ("tools", "environment_factory"):
             if kwargs.get(unsupported) is not None:
                 raise ValueError(f"JustGRPOTrainer does not support `{unsupported}`: rollouts are single-turn.")
+        _check_dataset(kwargs.get("train_dataset", pargs[0] if pargs else None))
+        self._reward_failures: Counter = Counter()
+        self._nonfinite_grad_elements = 0
+        self._skipped_steps = 0
+        self._skip_optimizer_step = False
+        reward_funcs = guard_reward_functions(reward_funcs, args.reward_errors, self._reward_failures)
+        self._guarded_reward_names = list(dict.fromkeys(f.__name__ for f in reward_funcs if hasattr(f, "__wrapped__")))
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
 
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -149,11 +231,40 @@ class JustGRPOTrainer(GRPOTrainer):
                 f"max_completion_length={self.max_completion_length} leaves no room for a prompt within the model's "
                 f"maximum length {self.max_sequence_length}; lower max_completion_length."
             )
+        longest = (args.max_prompt_length or 0) + self.max_completion_length
+        if self.max_sequence_length is not None and longest > self.max_sequence_length:
+            raise ValueError(
+                f"max_prompt_length ({args.max_prompt_length}) + max_completion_length ({self.max_completion_length}) "
+                f"= {longest} exceeds the model's maximum length {self.max_sequence_length}; lower one of them."
+            )
+        if self.is_deepspeed_enabled and (args.zero_nonfinite_grads or args.skip_nonfinite_loss_steps):
+            logger.warning(
+                "zero_nonfinite_grads / skip_nonfinite_loss_steps do not apply under DeepSpeed, which steps the "
+                "optimizer inside its backward; rely on DeepSpeed's own overflow handling there."
+            )
         self._forward_redirection = _ForwardRedirection()
         self._pending_sampling_logps: tuple[torch.Tensor, list[list[int]]] | None = None
         self._rollout_entropies: dict[tuple[tuple[int, ...], tuple[int, ...]], list[float]] = {}
 
-    # ------------------------------------------------------------------ rollouts
+    # ------------------------------------------------------------------ prompts and rollouts
+
+    def _tokenize_prompts(self, prompts: list):
+        """TRL's tokenisation, then the prompt checks: empty prompts, and `max_prompt_length`."""
+        prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)
+        limit = self.args.max_prompt_length
+        for index, ids in enumerate(prompt_ids):
+            if len(ids) == 0:
+                raise ValueError(f"Prompt {index} of the batch is empty; remove empty prompts from the dataset.")
+            if limit is not None and len(ids) > limit:
+                if self.args.prompt_truncation == "error":
+                    raise ValueError(
+                        f"A prompt has {len(ids)} tokens, more than max_prompt_length={limit}. Raise "
+                        "max_prompt_length, filter long prompts out, or set prompt_truncation='left' to keep their "
+                        "last tokens."
+                    )
+                logger.warning_once(f"Prompts longer than max_prompt_length={limit} are cut to their last tokens.")
+                prompt_ids[index] = list(ids[-limit:])
+        return prompt_ids, images, multimodal_fields
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         """Sample completions in AR order; returns `(completion_ids, logprobs)` lists as TRL expects."""
@@ -313,3 +424,72 @@ class JustGRPOTrainer(GRPOTrainer):
         out = torch.zeros((len(completions), width), device=logps.device)
         out[:, : min(width, logps.size(1))] = logps[:, :width]
         return out
+
+    # ------------------------------------------------------------------ reliability
+
+    def _get_train_sampler(self, dataset=None):
+        """TRL's prompt sampler, made resumable: each epoch's order depends only on (seed, epoch)."""
+        sampler = super()._get_train_sampler(dataset)
+        sampler.__class__ = EpochSeededRepeatSampler
+        return sampler
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        """TRL's step, then: agree across processes whether this micro-batch's loss was finite (a non-finite one
+        cancels the optimizer step), and zero non-finite gradient entries before clipping."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.is_deepspeed_enabled:
+            return loss
+        if self.args.skip_nonfinite_loss_steps:
+            nonfinite = torch.tensor(float(not torch.isfinite(loss).all()), device=self.accelerator.device)
+            if self.accelerator.reduce(nonfinite, reduction="sum").item() > 0:
+                self._skip_optimizer_step = True
+        if self.args.zero_nonfinite_grads:
+            self._nonfinite_grad_elements += zero_nonfinite_gradients(model.parameters())
+        return loss
+
+    def create_optimizer(self, *args, **kwargs):
+        """The usual optimizer, whose `step` is skipped for an accumulation window that saw a non-finite loss."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if self.is_deepspeed_enabled or getattr(optimizer, "_justgrpo_guarded", False):
+            return optimizer
+        step = optimizer.step
+
+        def guarded_step(*step_args, **step_kwargs):
+            if self._skip_optimizer_step:
+                self._skip_optimizer_step = False
+                self._skipped_steps += 1
+                logger.warning(f"Skipped optimizer step {self.state.global_step + 1}: a loss was not finite.")
+                return None
+            return step(*step_args, **step_kwargs)
+
+        optimizer.step = guarded_step
+        optimizer._justgrpo_guarded = True
+        return optimizer
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's logging, plus the run-health counters (summed over processes, cumulative)."""
+        if self.model.training:
+            names = self._guarded_reward_names  # the same list on every process, so the reduce lines up
+            counts = [self._nonfinite_grad_elements, self._skipped_steps, *(self._reward_failures[n] for n in names)]
+            totals = self.accelerator.reduce(torch.tensor(counts, dtype=torch.float64, device=self.accelerator.device))
+            logs["nonfinite_grad_elements"] = totals[0].item()
+            logs["skipped_steps"] = totals[1].item()
+            for name, total in zip(names, totals[2:].tolist()):
+                logs[f"reward_failures/{name}"] = total
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial):
+        """Write the checkpoint under `tmp-checkpoint-N`, then rename it to `checkpoint-N` once complete, so a crash
+        while saving never leaves a directory that `--resume_from_checkpoint` would take for a checkpoint."""
+        run_dir = self._get_output_dir(trial=trial)
+        step = self.state.global_step
+        staging = os.path.join(run_dir, f"{STAGING_PREFIX}-{step}")
+        final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        with staged_checkpoint_names(transformers.trainer, trl.trainer.grpo_trainer):
+            super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            publish_checkpoint(staging, final)
+            if self.state.best_model_checkpoint == staging:
+                self.state.best_model_checkpoint = final
+        self.accelerator.wait_for_everyone()
