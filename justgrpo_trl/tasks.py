@@ -2,7 +2,7 @@
 
 A task turns raw rows (hub data set or a local jsonl/parquet file) into TRL's conversational format: a `prompt`
 column of chat messages plus the columns its rewards read (`answer` for math, `test_cases`/`test_list`/`test` for
-code). Recipes and the evaluation harness share these formatters, so training and evaluation see the same prompts.
+code). The math prompts are the evaluation harness' own, so training and evaluation see the same prompts.
 """
 
 import re
@@ -12,9 +12,9 @@ from typing import Any
 
 from datasets import Dataset, load_dataset
 
+from .evaluation.tasks import gsm8k_prompt, math_prompt
 from .rewards import code_reward, math_reward
 
-MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 _FUNCTION_IN_ASSERT = re.compile(r"assert\s+(?:not\s+)?\(?\s*([A-Za-z_]\w*)\s*\(")
 
 
@@ -23,8 +23,8 @@ def _user(content: str) -> list[dict[str, str]]:
 
 
 def format_gsm8k(row: dict[str, Any]) -> dict[str, Any]:
-    """GSM8K: the question as the user turn; gold stays in `answer` (`... #### 42`)."""
-    return {"prompt": _user(row["question"].strip()), "answer": row["answer"]}
+    """GSM8K: the question as the user turn (as in evaluation); gold stays in `answer` (`... #### 42`)."""
+    return {"prompt": _user(gsm8k_prompt(row)), "answer": row["answer"]}
 
 
 def format_math(row: dict[str, Any]) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def format_math(row: dict[str, Any]) -> dict[str, Any]:
     gold = row.get("answer")
     if gold is None or not str(gold).strip():
         gold = row["solution"]
-    return {"prompt": _user(f"{row['problem'].strip()}\n{MATH_INSTRUCTION}"), "answer": gold}
+    return {"prompt": _user(math_prompt(row)), "answer": gold}
 
 
 def function_name_from_tests(tests: list[str]) -> str | None:
