@@ -43,6 +43,17 @@ class DecodeOutput:
             "token's position. Tokens unmasked at the same step share a value."
         },
     )
+    canvas_ids: list[list[int]] = field(
+        default_factory=list,
+        metadata={
+            "help": "Parallel samplers only: the whole generation region (`gen_length` slots, past the first stop "
+            "token too), which any intermediate state of the trajectory is rebuilt from."
+        },
+    )
+    canvas_steps: list[list[int]] = field(
+        default_factory=list,
+        metadata={"help": "Parallel samplers only: the step each slot of `canvas_ids` was unmasked at (-1: never)."},
+    )
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -353,6 +364,8 @@ class _DenoisingCanvas:
             nfe=self.nfe,
             row_nfe=self.row_nfe.tolist(),
             unmask_steps=[row[:n] for row, n in zip(self.steps.tolist(), lengths)],
+            canvas_ids=generated.tolist(),
+            canvas_steps=self.steps.tolist(),
         )
 
 

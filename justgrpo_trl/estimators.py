@@ -75,3 +75,77 @@ def score_canvases(
     if anchor is not None:
         logps = logps + anchor
     return logps, entropies
+
+
+def one_step_logps(
+    module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    mask_id: int,
+    temperature: float,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and entropies `[b, T]` of `targets` read at `positions` (1D) of one canvas per row."""
+    with autocast():
+        logits = module(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions).logits
+    logps, entropies = logprobs_and_entropy(scaled_logits(logits, mask_id, temperature))
+    return logps.gather(-1, targets[..., None])[..., 0], entropies
+
+
+def score_one_step(
+    module,
+    canvas: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    *,
+    prompt_width: int,
+    mask_id: int,
+    temperature: float = 1.0,
+    rows_per_forward: int = 4,
+    num_forwards: int | None = None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffu-GRPO's estimator: every completion token's log-prob read from one forward of its row's canvas
+    (`collators.one_step_canvas`), rows batched `rows_per_forward` at a time, each batch checkpointed."""
+    width = completion_ids.size(1)
+    positions = torch.arange(prompt_width, prompt_width + width, device=canvas.device)
+    starts = list(range(0, canvas.size(0), rows_per_forward))
+    values, anchor = [], None
+    for index in range(max(num_forwards or 0, len(starts), 1)):
+        real = index < len(starts)
+        rows = slice(starts[index], starts[index] + rows_per_forward) if real else slice(0, 1)
+        args = (module, canvas[rows], attention_mask[rows], positions, completion_ids[rows])
+        kwargs = dict(mask_id=mask_id, temperature=temperature, autocast=autocast)
+        if torch.is_grad_enabled():
+            logps, entropies = checkpoint(one_step_logps, *args, **kwargs, use_reentrant=False)
+        else:
+            logps, entropies = one_step_logps(*args, **kwargs)
+        if real:
+            values.append((logps, entropies))
+        else:
+            term = 0.0 * (logps.sum() + entropies.sum())
+            anchor = term if anchor is None else anchor + term
+    logps = torch.cat([v for v, _ in values])
+    entropies = torch.cat([e for _, e in values])
+    return (logps + anchor if anchor is not None else logps), entropies
+
+
+def stratified_step_weights(steps: list[int], k: int, generator: torch.Generator | None = None) -> dict[int, float]:
+    """AGRPO's step sampling: split a trajectory's distinct denoising steps (in order) into `k` strata of near-equal
+    size and draw one step uniformly from each. Returns `{chosen step: 1 / inclusion probability}` (the stratum's
+    size), so that summing weighted per-step terms over the chosen steps is unbiased for the sum over all steps.
+    With `k >= len(steps)` every step is chosen with weight 1."""
+    distinct = sorted(set(steps))
+    if k >= len(distinct):
+        return dict.fromkeys(distinct, 1.0)
+    base, extra = divmod(len(distinct), k)
+    weights, start = {}, 0
+    for stratum in range(k):
+        size = base + (stratum < extra)
+        pick = int(torch.randint(size, (1,), generator=generator))
+        weights[distinct[start + pick]] = float(size)
+        start += size
+    return weights

@@ -25,9 +25,9 @@ from transformers.utils import logging
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import _ForwardRedirection, unwrap_model_for_generation
 
-from .collators import ARScoringCanvases
-from .decoding import ar_decode
-from .estimators import score_canvases
+from .collators import ARScoringCanvases, one_step_canvas
+from .decoding import ar_decode, block_decode
+from .estimators import score_canvases, score_one_step, stratified_step_weights
 from .models import apply_chat_template_fix, get_spec, resolve_special_tokens
 from .reliability import (
     REWARD_ERROR_POLICIES,
@@ -40,6 +40,8 @@ from .reliability import (
 )
 
 logger = logging.get_logger(__name__)
+
+ESTIMATORS = ("ar_exact", "diffu_grpo", "agrpo")
 
 
 @dataclass
@@ -70,6 +72,32 @@ class JustGRPOConfig(GRPOConfig):
         },
     )
 
+    estimator: str = field(
+        default="ar_exact",
+        metadata={
+            "help": "How per-token log-probs are estimated. 'ar_exact' (JustGRPO): AR-order rollouts, exact AR-order "
+            "log-probs. 'diffu_grpo' (d1): block-diffusion rollouts, log-probs from one forward with the completion "
+            "masked and prompt tokens masked with p_mask_prompt. 'agrpo': block-diffusion rollouts, each token scored "
+            "in the state it was unmasked in, for agrpo_num_steps sampled denoising steps per trajectory."
+        },
+    )
+    block_length: int = field(
+        default=32, metadata={"help": "diffu_grpo/agrpo rollouts: block length of LLaDA's semi-AR sampler."}
+    )
+    diffusion_steps: int | None = field(
+        default=None,
+        metadata={"help": "diffu_grpo/agrpo rollouts: denoising steps for the whole completion (default L / 2)."},
+    )
+    remasking: str = field(
+        default="low_confidence", metadata={"help": "diffu_grpo/agrpo rollouts: 'low_confidence' or 'random'."}
+    )
+    p_mask_prompt: float = field(
+        default=0.15, metadata={"help": "diffu_grpo: probability of masking each prompt token (fresh per iteration)."}
+    )
+    agrpo_num_steps: int = field(
+        default=24,
+        metadata={"help": "agrpo: denoising steps K sampled (stratified) per trajectory and update; more = exact."},
+    )
     justgrpo_fast: bool = field(
         default=False,
         metadata={
@@ -123,6 +151,14 @@ class JustGRPOConfig(GRPOConfig):
             ) from error
         if self.prompt_truncation not in ("error", "left"):
             raise ValueError(f"prompt_truncation must be 'error' or 'left', got {self.prompt_truncation!r}.")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}.")
+        if self.estimator != "ar_exact":
+            if self.justgrpo_fast:
+                raise ValueError("justgrpo_fast applies to estimator='ar_exact' only.")
+            self.diffusion_steps = self.diffusion_steps or self.max_completion_length // 2
+        if self.estimator == "agrpo" and self.beta != 0.0:
+            raise ValueError("estimator='agrpo' scores sampled steps only and has no KL term: set beta=0.")
         if self.reward_errors not in REWARD_ERROR_POLICIES:
             raise ValueError(f"reward_errors must be one of {REWARD_ERROR_POLICIES}, got {self.reward_errors!r}.")
         if self.justgrpo_fast:
@@ -244,7 +280,10 @@ class JustGRPOTrainer(GRPOTrainer):
             )
         self._forward_redirection = _ForwardRedirection()
         self._pending_sampling_logps: tuple[torch.Tensor, list[list[int]]] | None = None
-        self._rollout_entropies: dict[tuple[tuple[int, ...], tuple[int, ...]], list[float]] = {}
+        self._rollouts: dict[tuple[tuple[int, ...], tuple[int, ...]], dict[str, list]] = {}
+        self._diffu_seeds: list[int] = [0]
+        self._diffu_iteration = 0
+        self._diffu_stash: list[torch.Tensor] = []
 
     # ------------------------------------------------------------------ prompts and rollouts
 
@@ -283,27 +322,43 @@ class JustGRPOTrainer(GRPOTrainer):
             self._dist.summon_full_params(self.model_wrapped, recurse=False),
             self.accelerator.autocast(),
         ):
-            output = ar_decode(
-                unwrapped_model,
-                prompt_ids,
+            common = dict(
                 gen_length=self.max_completion_length,
                 mask_id=tokens.mask_id,
                 stop_ids=tokens.stop_ids,
                 pad_id=tokens.pad_id,
                 temperature=self.temperature,
-                top_k=self.args.top_k or None,
-                top_p=self.args.top_p,
                 logit_shift=tokens.logit_shift,
             )
+            if self.args.estimator == "ar_exact":
+                output = ar_decode(
+                    unwrapped_model, prompt_ids, top_k=self.args.top_k or None, top_p=self.args.top_p, **common
+                )
+            else:
+                output = block_decode(
+                    unwrapped_model,
+                    prompt_ids,
+                    block_length=self.args.block_length,
+                    steps=self.args.diffusion_steps,
+                    remasking=self.args.remasking,
+                    **common,
+                )
         generate_every = self.args.steps_per_generation * self.num_iterations
         old_logps_needed = self.args.gradient_accumulation_steps % generate_every != 0
-        if self.args.reuse_sampling_logprobs and old_logps_needed and self.model.training:
+        reuse = self.args.reuse_sampling_logprobs or self.args.estimator == "agrpo"  # AGRPO clips against them
+        if reuse and self.args.estimator != "diffu_grpo" and old_logps_needed and self.model.training:
             self._pending_sampling_logps = (self._pad_rows(output.logprobs, 0.0), output.completion_ids)
-        if self.args.justgrpo_fast:
-            self._rollout_entropies = {
-                (tuple(prompt), tuple(completion)): entropies
-                for prompt, completion, entropies in zip(prompt_ids, output.completion_ids, output.entropies)
+        self._rollouts = {
+            (tuple(prompt), tuple(output.completion_ids[i])): {
+                "entropies": output.entropies[i],
+                "logprobs": output.logprobs[i],
+                "canvas_ids": output.canvas_ids[i] if output.canvas_ids else None,
+                "canvas_steps": output.canvas_steps[i] if output.canvas_steps else None,
             }
+            for i, prompt in enumerate(prompt_ids)
+        }
+        if self.args.estimator == "diffu_grpo":  # one prompt-mask seed per inner iteration, shared by old/new/ref
+            self._diffu_seeds = torch.randint(0, 2**31 - 1, (self.num_iterations,)).tolist()
         return output.completion_ids, output.logprobs
 
     def _check_prompts(self, prompt_ids: list[list[int]]) -> None:
@@ -341,24 +396,57 @@ class JustGRPOTrainer(GRPOTrainer):
         compute_aux_loss=False,
         **multimodal_inputs,
     ):
-        """Exact AR-order log-probs `[B, T]` (and entropies) of the completion tokens, `T = logits_to_keep`.
+        """Per-token log-probs `[B, T]` (and entropies) of the completion tokens, `T = logits_to_keep`.
 
-        Token j of row b is scored on `[prompt | c_<j | MASK x (L - j)]`, `L = max_completion_length`, at the
-        positions TRL's completion mask marks; the others are 0. Logits are divided by the temperature and the mask
-        token is excluded from the softmax, as in the rollout.
+        With the default `ar_exact` estimator, token j of row b is scored exactly on
+        `[prompt | c_<j | MASK x (L - j)]`, `L = max_completion_length`, at the positions TRL's completion mask
+        marks; the others are 0. Logits are divided by the temperature and the mask token is excluded from the
+        softmax, as in the rollout. `diffu_grpo` and `agrpo` are documented on `JustGRPOConfig.estimator`.
         """
         if any(value is not None for value in multimodal_inputs.values()):
             raise ValueError("JustGRPOTrainer supports text-only inputs.")
         cached = self._take_sampling_logps(input_ids, logits_to_keep)
         if cached is not None:
             return cached, None, None
-
         prompt_width = input_ids.size(1) - logits_to_keep
-        score_mask, entropies_override = attention_mask[:, prompt_width:], None
+        if self.args.estimator == "diffu_grpo":
+            logps, entropies = self._diffu_grpo_logps(model, input_ids, attention_mask, prompt_width)
+        elif self.args.estimator == "agrpo" and torch.is_grad_enabled():
+            logps, entropies = self._agrpo_logps(model, input_ids, attention_mask, prompt_width)
+        else:
+            # AGRPO's no-gradient passes (evaluation): the exact trajectory log-probs, every step scored
+            records = (
+                self._rollout_rows(input_ids, attention_mask, prompt_width) if self.args.estimator == "agrpo" else None
+            )
+            logps, entropies = self._exact_logps(model, input_ids, attention_mask, prompt_width, records=records)
+        aux_loss = logps.new_zeros(()) if compute_aux_loss else None
+        return logps, (entropies if compute_entropy else None), aux_loss
+
+    def _call_model(self, model, function, *args):
+        """Run `function(unwrapped_module, *args)` through one pass of the DDP/DeepSpeed wrapper's forward, however
+        many forwards of the module it makes inside."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        if unwrapped is model:
+            return function(unwrapped, *args)
+        return self._forward_redirection(model, unwrapped, partial(function, unwrapped), *args)
+
+    def _exact_logps(self, model, input_ids, attention_mask, prompt_width, score_mask=None, records=None):
+        """Exact log-probs on AR-order canvases, or in the sampler's own order when `records` hold trajectories."""
+        completion_mask = attention_mask[:, prompt_width:]
+        score_mask = completion_mask if score_mask is None else score_mask
+        entropies_override = None
         if self.args.justgrpo_fast:
-            entropies_override = self._recorded_entropies(input_ids, attention_mask, prompt_width)
+            rows = self._rollout_rows(input_ids, attention_mask, prompt_width)
+            entropies_override = self._recorded(rows, "entropies", width=completion_mask.size(1))
             # The very mask TRL's `_compute_loss` derives from the entropies returned below.
-            score_mask = self.get_high_entropy_mask(entropies_override, score_mask, 1 - self.top_entropy_quantile)
+            score_mask = self.get_high_entropy_mask(entropies_override, completion_mask, 1 - self.top_entropy_quantile)
+        trajectory = {}
+        if records is not None:
+            width = self.max_completion_length
+            trajectory = {
+                "canvas_ids": self._recorded(records, "canvas_ids", width=width, dtype=torch.long),
+                "unmask_steps": self._recorded(records, "canvas_steps", width=width, dtype=torch.long, fill=-1),
+            }
         canvases = ARScoringCanvases(
             input_ids[:, :prompt_width],
             attention_mask[:, :prompt_width],
@@ -368,38 +456,119 @@ class JustGRPOTrainer(GRPOTrainer):
             mask_id=self.special_tokens.mask_id,
             chunk_size=self.args.logprob_chunk_size,
             logit_shift=self.special_tokens.logit_shift,
+            **trajectory,
         )
-        unwrapped = self.accelerator.unwrap_model(model)
         score = partial(
             score_canvases,
-            unwrapped,
             mask_id=self.special_tokens.mask_id,
             temperature=self.temperature,
             num_forwards=self._max_across_sharded_ranks(len(canvases)),
             autocast=self.accelerator.autocast,
         )
-        if unwrapped is model:
-            logps, entropies = score(canvases)
-        else:  # one pass through the DDP/DeepSpeed wrapper's forward, however many chunks run inside
-            logps, entropies = self._forward_redirection(model, unwrapped, score, canvases)
-        if entropies_override is not None:
-            entropies = entropies_override
-        aux_loss = logps.new_zeros(()) if compute_aux_loss else None
-        return logps, (entropies if compute_entropy else None), aux_loss
+        logps, entropies = self._call_model(model, score, canvases)
+        return logps, (entropies if entropies_override is None else entropies_override)
 
-    def _recorded_entropies(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int):
-        """The rollout's per-token entropies `[B, T]` for the rows of this batch (JustGRPO-Fast)."""
-        entropies = torch.zeros(input_ids.size(0), input_ids.size(1) - prompt_width, device=input_ids.device)
+    def _agrpo_logps(self, model, input_ids, attention_mask, prompt_width):
+        """AGRPO: sample `agrpo_num_steps` denoising steps per trajectory (stratified), score the tokens unmasked at
+        those steps in the state the sampler saw them in, with gradient weight 1 / inclusion probability; every other
+        token keeps its constant sampling log-prob. The gradient is unbiased for the full-trajectory gradient."""
+        records = self._rollout_rows(input_ids, attention_mask, prompt_width)
+        completion_mask = attention_mask[:, prompt_width:]
+        width = completion_mask.size(1)
+        steps = self._recorded(records, "canvas_steps", width=self.max_completion_length, dtype=torch.long, fill=-1)
+        weights = torch.zeros(completion_mask.shape, device=completion_mask.device)
+        for row, length in enumerate(completion_mask.sum(1).tolist()):
+            row_steps = steps[row, :length].tolist()
+            chosen = stratified_step_weights(row_steps, self.args.agrpo_num_steps)
+            weights[row, :length] = torch.tensor([chosen.get(step, 0.0) for step in row_steps])
+        selected = (weights > 0) & completion_mask.bool()
+        logps, entropies = self._exact_logps(
+            model, input_ids, attention_mask, prompt_width, score_mask=selected.long(), records=records
+        )
+        sampling = self._recorded(records, "logprobs", width=width)
+        weighted = weights * logps + (1 - weights) * logps.detach()  # value log p, gradient weight * grad log p
+        return torch.where(selected, weighted, sampling + 0.0 * logps), entropies
+
+    def _diffu_grpo_logps(self, model, input_ids, attention_mask, prompt_width):
+        """d1's estimator, one forward per row. In TRL's old/reference passes right after a rollout, the log-probs
+        under every inner iteration's mask seed are computed and kept; the first iteration's are returned, and
+        `_compute_loss` swaps in those of the iteration being trained."""
+        rows_per_forward = max(1, self.args.logprob_chunk_size // 4)
+        num_forwards = self._max_across_sharded_ranks(-(-input_ids.size(0) // rows_per_forward))
+        completion_mask = attention_mask[:, prompt_width:].bool()
+
+        def under_seed(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+            canvas, canvas_mask = one_step_canvas(
+                input_ids[:, :prompt_width],
+                attention_mask[:, :prompt_width],
+                self.max_completion_length,
+                self.special_tokens.mask_id,
+                self.args.p_mask_prompt,
+                torch.Generator().manual_seed(seed),
+            )
+            score = partial(
+                score_one_step,
+                prompt_width=prompt_width - self.special_tokens.logit_shift,
+                mask_id=self.special_tokens.mask_id,
+                temperature=self.temperature,
+                rows_per_forward=rows_per_forward,
+                num_forwards=num_forwards,
+                autocast=self.accelerator.autocast,
+            )
+            logps, entropies = self._call_model(model, score, canvas, canvas_mask, input_ids[:, prompt_width:])
+            return logps.masked_fill(~completion_mask, 0.0), entropies.masked_fill(~completion_mask, 0.0)
+
+        if not torch.is_grad_enabled() and self.model.training and self.num_iterations > 1:
+            per_seed = [under_seed(seed) for seed in self._diffu_seeds]
+            self._diffu_stash.append(torch.stack([logps for logps, _ in per_seed], dim=1))  # [B, mu, T]
+            return per_seed[0]
+        return under_seed(self._diffu_seeds[self._diffu_iteration])
+
+    def _generate_and_score_completions(self, inputs):
+        """TRL's generation step; for diffu-GRPO with several inner iterations, also the old and reference log-probs
+        under each iteration's mask seed, as `[B, mu, T]` tensors that TRL splits with the batch."""
+        self._diffu_stash, self._diffu_iteration = [], 0
+        output = super()._generate_and_score_completions(inputs)
+        stash = list(self._diffu_stash)
+        for key in ("old_per_token_logps", "ref_per_token_logps"):  # the order TRL computes them in
+            if stash and output.get(key) is not None:
+                output[f"{key}_per_iteration"] = stash.pop(0)
+        return output
+
+    def _compute_loss(self, model, inputs):
+        """TRL's loss; for diffu-GRPO, under the current inner iteration's mask seed and its old/ref log-probs."""
+        if self.args.estimator != "diffu_grpo":
+            return super()._compute_loss(model, inputs)
+        self._diffu_iteration = (self._step // self.args.steps_per_generation) % self.num_iterations
+        inputs = dict(inputs)
+        for key in ("old_per_token_logps", "ref_per_token_logps"):
+            if f"{key}_per_iteration" in inputs:
+                inputs[key] = inputs[f"{key}_per_iteration"][:, self._diffu_iteration]
+        return super()._compute_loss(model, inputs)
+
+    def _rollout_rows(self, input_ids, attention_mask, prompt_width) -> list[dict | None]:
+        """What this trainer's rollout recorded for each row of a batch (None for rows with nothing to score)."""
         lengths = attention_mask[:, prompt_width:].sum(1).tolist()
-        for row, (ids, mask, length) in enumerate(zip(input_ids.tolist(), attention_mask.tolist(), lengths)):
-            if length == 0:
-                continue
+        records = []
+        for ids, mask, length in zip(input_ids.tolist(), attention_mask.tolist(), lengths):
             prompt = tuple(t for t, m in zip(ids[:prompt_width], mask[:prompt_width]) if m)
             key = (prompt, tuple(ids[prompt_width : prompt_width + length]))
-            if key not in self._rollout_entropies:
-                raise RuntimeError("JustGRPO-Fast found a completion that was not sampled by this trainer's rollout.")
-            entropies[row, :length] = torch.tensor(self._rollout_entropies[key], device=input_ids.device)
-        return entropies
+            if length and key not in self._rollouts:
+                raise RuntimeError(
+                    f"estimator={self.args.estimator!r} (justgrpo_fast={self.args.justgrpo_fast}) needs what the "
+                    "rollout recorded, but this completion was not sampled by this trainer's rollout."
+                )
+            records.append(self._rollouts.get(key) if length else None)
+        return records
+
+    def _recorded(self, records, name: str, width: int, dtype=torch.float32, fill=0) -> torch.Tensor:
+        """One recorded per-token list per row, cut or right-padded to `[B, width]`."""
+        out = torch.full((len(records), width), fill, dtype=dtype)
+        for index, record in enumerate(records):
+            if record is not None:
+                values = record[name][:width]
+                out[index, : len(values)] = torch.tensor(values, dtype=dtype)
+        return out.to(self.accelerator.device)
 
     def _max_across_sharded_ranks(self, count: int) -> int:
         """Under ZeRO-3 or FSDP each forward gathers parameters collectively, so all ranks must run as many."""

@@ -13,6 +13,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import justgrpo_trl  # noqa: E402, F401  (registers the Auto classes)
+from justgrpo_trl.models import get_spec, resolve_special_tokens  # noqa: E402
 from justgrpo_trl.models.tiny import save_tiny_checkpoint  # noqa: E402
 
 
@@ -31,3 +32,19 @@ def tiny_tokenizer(tiny_checkpoint):
 def tiny_model(tiny_checkpoint):
     """The tiny LLaDA in fp32, loaded through `AutoModelForCausalLM` as a user loads a real checkpoint."""
     return AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
+
+
+@pytest.fixture
+def stop_heavy_model(tiny_checkpoint):
+    """The tiny LLaDA with a strong random direction on the stop tokens' output rows, so that sampled completions
+    end at varied lengths (a random 384-way model almost never stops)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    tokens = resolve_special_tokens(get_spec(model), tokenizer, model.config)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        head = model.model.transformer.ff_out.weight
+        head.mul_(10.0)  # peaky distributions: log-probs far from uniform
+        for stop_id in tokens.stop_ids:
+            head[stop_id] = torch.randn(head.size(1), generator=generator) * 0.4
+    return model.eval(), tokenizer, tokens

@@ -114,3 +114,31 @@ def test_accelerate_configs_are_valid(name):
         assert config["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"] == LLaDAModelLM._no_split_modules[0]
     if "zero" in name:
         assert config["deepspeed_config"]["zero_stage"] == int(name.split("zero")[1][0])
+
+
+@pytest.mark.parametrize(
+    ("recipe", "expected"),
+    [
+        (
+            "gsm8k_diffu_grpo",
+            dict(estimator="diffu_grpo", lora_r=128, lora_alpha=64, learning_rate=3e-6, beta=0.04, epsilon=0.5,
+                 num_iterations=12, num_generations=6, block_length=32, diffusion_steps=128, p_mask_prompt=0.15),
+        ),
+        (
+            "gsm8k_agrpo",
+            dict(estimator="agrpo", lora_r=64, learning_rate=5e-6, lr_scheduler_type="cosine", beta=0.0,
+                 num_generations=8, agrpo_num_steps=24),
+        ),
+    ],
+)  # fmt: skip
+def test_comparison_recipes_carry_each_papers_values(recipe, expected, monkeypatch):
+    module = load_recipe_module()
+    argv = ["train.py", "--config", str(RECIPES / f"{recipe}.yaml"), "--use_cpu", "true"]
+    monkeypatch.setattr("sys.argv", argv)
+    script_args, args, model_args = TrlParser(
+        (module.RecipeArguments, JustGRPOConfig, ModelConfig)
+    ).parse_args_and_config()
+    assert model_args.use_peft and script_args.task == "gsm8k"
+    for name, value in expected.items():
+        got = getattr(model_args, name) if name.startswith("lora") else getattr(args, name)
+        assert got == value, (name, got, value)

@@ -3,11 +3,9 @@
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from justgrpo_trl import JustGRPOConfig, JustGRPOTrainer
 from justgrpo_trl.decoding import ar_decode
-from justgrpo_trl.models import get_spec, resolve_special_tokens
 
 GEN_LENGTH = 10
 TEMPERATURE = 0.7
@@ -15,22 +13,6 @@ TEMPERATURE = 0.7
 
 def varied_length_reward(prompts, completions, **kwargs):
     return [float(len(c) % 5) for c in completions]
-
-
-@pytest.fixture
-def stop_heavy_model(tiny_checkpoint):
-    """The tiny LLaDA with a strong random direction on the stop tokens' output rows, so that sampled completions
-    end at varied lengths (a random 384-way model almost never stops)."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
-    tokens = resolve_special_tokens(get_spec(model), tokenizer, model.config)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        head = model.model.transformer.ff_out.weight
-        head.mul_(10.0)  # peaky distributions: log-probs far from uniform
-        for stop_id in tokens.stop_ids:
-            head[stop_id] = torch.randn(head.size(1), generator=generator) * 0.4
-    return model.eval(), tokenizer, tokens
 
 
 def make_trainer(model, tokenizer, tmp_path, **overrides) -> JustGRPOTrainer:
@@ -303,7 +285,7 @@ def test_justgrpo_fast_equals_the_plain_loop_on_the_top_entropy_tokens_only(stop
     )
     prompts = prompt_ids(tokenizer)[:4]
     completions, _ = rollout(trainer, prompts)
-    recorded = [trainer._rollout_entropies[(tuple(p), tuple(c))] for p, c in zip(prompts, completions)]
+    recorded = [trainer._rollouts[(tuple(p), tuple(c))]["entropies"] for p, c in zip(prompts, completions)]
     threshold = torch.quantile(torch.tensor([e for row in recorded for e in row]), 1 - quantile)
     selected = [[e >= threshold for e in row] for row in recorded]
     advantages = torch.tensor([1.0, -0.5, 0.25, -0.75])

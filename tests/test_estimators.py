@@ -1,0 +1,188 @@
+"""diffu-GRPO and AGRPO as estimators of the same trainer, against plain reimplementations (CPU, fp32)."""
+
+import pytest
+import torch
+from test_trainer_exact import PROMPTS, TEMPERATURE, make_trainer, prompt_ids, trl_batch
+from test_trainer_runs import assert_all_trainable_changed, assert_metrics, run_training
+
+GEN_LENGTH, BLOCK, STEPS = 8, 4, 4  # 2 blocks of 2 steps: two tokens unmasked per step
+
+
+def estimator_trainer(stop_heavy_model, tmp_path, estimator, **overrides):
+    model, tokenizer, tokens = stop_heavy_model
+    overrides = dict(
+        estimator=estimator,
+        max_completion_length=GEN_LENGTH,
+        block_length=BLOCK,
+        diffusion_steps=STEPS,
+        loss_type="grpo",
+        **overrides,
+    )
+    return make_trainer(model, tokenizer, tmp_path, **overrides), model, tokenizer, tokens
+
+
+def masked_logps(model, canvas: list[int], read: int, target: int, tokens) -> torch.Tensor:
+    logits = model(input_ids=torch.tensor([canvas])).logits[0, read].float() / TEMPERATURE
+    logits[tokens.mask_id] = float("-inf")
+    return torch.log_softmax(logits, -1)[target]
+
+
+# --------------------------------------------------------------------------- diffu-GRPO
+
+
+def plain_diffu_grpo(model, padded_prompts, prompt_mask, completions, seed, p_mask, tokens) -> list[list[float]]:
+    """d1's estimator written plainly: one prompt mask per seed (drawn over the prompt positions), the completion
+    all masked, one full forward per row, each completion token read at its position."""
+    pattern = torch.rand(padded_prompts.size(1), generator=torch.Generator().manual_seed(seed)) < p_mask
+    out = []
+    for prompt, mask, completion in zip(padded_prompts.tolist(), prompt_mask.tolist(), completions):
+        # the pattern is drawn over the padded positions; the row itself is scored unpadded
+        real = [tokens.mask_id if pattern[i] else t for i, t in enumerate(prompt) if mask[i]]
+        canvas = real + [tokens.mask_id] * GEN_LENGTH
+        out.append([masked_logps(model, canvas, len(real) + j, t, tokens).item() for j, t in enumerate(completion)])
+    return out
+
+
+def test_diffu_grpo_logprobs_equal_a_plain_reimplementation_per_seed(stop_heavy_model, tmp_path):
+    trainer, model, tokenizer, tokens = estimator_trainer(stop_heavy_model, tmp_path, "diffu_grpo", p_mask_prompt=0.5)
+    prompts = prompt_ids(tokenizer)
+    torch.manual_seed(0)
+    completions, _ = trainer._generate_single_turn(prompts, None, {}, 1)
+    assert all(len(c) <= GEN_LENGTH for c in completions)
+    batch = trl_batch(prompts, completions, tokens.pad_id)
+    input_ids, attention_mask = torch.cat(batch[0::2], 1), torch.cat(batch[1::2], 1)
+    results = {}
+    with torch.no_grad():
+        for seed in (11, 12):
+            trainer._diffu_seeds, trainer._diffu_iteration = [seed], 0
+            logps, _, _ = trainer._get_per_token_logps_and_entropies(
+                trainer.model, input_ids, attention_mask, batch[2].size(1)
+            )
+            expected = plain_diffu_grpo(model, batch[0], batch[1], completions, seed, 0.5, tokens)
+            for row, values in enumerate(expected):
+                torch.testing.assert_close(logps[row, : len(values)], torch.tensor(values), rtol=0, atol=1e-5)
+                assert torch.all(logps[row, len(values) :] == 0)
+            results[seed] = logps
+    assert not torch.allclose(results[11], results[12]), "the prompt mask must change the estimate"
+
+
+def test_diffu_grpo_old_and_reference_logprobs_follow_each_iterations_seed(stop_heavy_model, tmp_path):
+    trainer, model, tokenizer, tokens = estimator_trainer(
+        stop_heavy_model, tmp_path, "diffu_grpo", num_iterations=3, beta=0.04, p_mask_prompt=0.5
+    )
+    trainer.model.train()
+    torch.manual_seed(0)
+    output = trainer._generate_and_score_completions([{"prompt": text} for text in PROMPTS[:1] for _ in range(4)])
+    seeds = trainer._diffu_seeds
+    assert len(seeds) == 3 and len(set(seeds)) == 3
+    old, ref = output["old_per_token_logps_per_iteration"], output["ref_per_token_logps_per_iteration"]
+    assert old.shape[:2] == (4, 3) and ref.shape == old.shape
+    torch.testing.assert_close(old[:, 0], output["old_per_token_logps"])
+    completions = [ids[m.bool()].tolist() for ids, m in zip(output["completion_ids"], output["completion_mask"])]
+    for iteration, seed in enumerate(seeds):
+        expected = plain_diffu_grpo(model, output["prompt_ids"], output["prompt_mask"], completions, seed, 0.5, tokens)
+        for row, values in enumerate(expected):
+            torch.testing.assert_close(old[row, iteration, : len(values)], torch.tensor(values), rtol=0, atol=1e-5)
+        reference = plain_diffu_grpo(
+            trainer.ref_model, output["prompt_ids"], output["prompt_mask"], completions, seed, 0.5, tokens
+        )
+        for row, values in enumerate(reference):
+            torch.testing.assert_close(ref[row, iteration, : len(values)], torch.tensor(values), rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- AGRPO
+
+
+def agrpo_rollout(trainer, tokenizer):
+    prompts = prompt_ids(tokenizer)[:4]
+    torch.manual_seed(0)
+    completions, sampling = trainer._generate_single_turn(prompts, None, {}, 1)
+    return prompts, completions, sampling
+
+
+def test_agrpo_with_every_step_equals_the_exact_trajectory_logprob(stop_heavy_model, tmp_path):
+    trainer, model, tokenizer, tokens = estimator_trainer(stop_heavy_model, tmp_path, "agrpo", agrpo_num_steps=100)
+    prompts, completions, sampling = agrpo_rollout(trainer, tokenizer)
+    batch = trl_batch(prompts, completions, tokens.pad_id)
+    input_ids, attention_mask, width = torch.cat(batch[0::2], 1), torch.cat(batch[1::2], 1), batch[2].size(1)
+    trainer.model.train()
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention_mask, width)
+    with torch.no_grad():
+        for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+            record = trainer._rollouts[(tuple(prompt), tuple(completion))]
+            canvas_ids, steps = record["canvas_ids"], record["canvas_steps"]
+            trajectory = 0.0
+            for j, token in enumerate(completion):  # the state just before token j's step, rebuilt plainly
+                state = [t if 0 <= s < steps[j] else tokens.mask_id for t, s in zip(canvas_ids, steps)]
+                trajectory += masked_logps(model, prompt + state, len(prompt) + j, token, tokens).item()
+            assert trajectory == pytest.approx(sum(sampling[row]), abs=1e-4)  # what the sampler recorded
+            assert logps[row, : len(completion)].sum().item() == pytest.approx(trajectory, abs=1e-4)
+    assert (
+        len({tuple(trainer._rollouts[(tuple(p), tuple(c))]["canvas_steps"]) for p, c in zip(prompts, completions)}) > 1
+    )
+
+
+def agrpo_gradient(trainer, prompts, completions, advantages, tokens) -> torch.Tensor:
+    prompt_ids_, prompt_mask, completion_ids, completion_mask = trl_batch(prompts, completions, tokens.pad_id)
+    inputs = {
+        "prompt_ids": prompt_ids_,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": advantages,
+        "num_items_in_batch": completion_mask.sum(),
+    }
+    trainer.model.zero_grad()
+    trainer._compute_loss(trainer.model, inputs).backward()
+    return torch.cat([p.grad.flatten() for p in trainer.model.parameters()])
+
+
+def test_agrpo_gradient_is_unbiased_over_draws_of_the_sampled_steps(stop_heavy_model, tmp_path):
+    """Unbiased: over N draws of K=1 step, the squared distance from the mean gradient to the K=all gradient is
+    about the sum of per-coordinate variances / N; the stated tolerance is a ratio below 2 (a bias the size of one
+    draw's error would give a ratio near N). A single draw is far off, so the check has power."""
+    trainer, model, tokenizer, tokens = estimator_trainer(stop_heavy_model, tmp_path, "agrpo", agrpo_num_steps=100)
+    trainer.model.train()
+    prompts, completions, _ = agrpo_rollout(trainer, tokenizer)
+    records = [trainer._rollouts[(tuple(p), tuple(c))] for p, c in zip(prompts, completions)]
+    assert max(len(set(r["canvas_steps"][: len(c)])) for r, c in zip(records, completions)) >= 2
+    advantages = torch.tensor([1.0, -0.5, 0.25, -0.75])
+    full = agrpo_gradient(trainer, prompts, completions, advantages, tokens)
+    trainer.args.agrpo_num_steps = 1
+    torch.manual_seed(1)
+    draws = torch.stack([agrpo_gradient(trainer, prompts, completions, advantages, tokens) for _ in range(300)])
+    distance = (draws.mean(0) - full).pow(2).sum()
+    expected = draws.var(0).sum() / draws.size(0)
+    single_error = ((draws[0] - full).norm() / full.norm()).item()
+    mean_error = ((draws.mean(0) - full).norm() / full.norm()).item()
+    print(
+        f"\n[agrpo] K=1: one draw off by {single_error:.3f}, mean of 300 off by {mean_error:.4f} (relative L2); "
+        f"squared distance / (variance / N) = {(distance / expected).item():.3f}"
+    )
+    assert single_error > 0.2
+    assert (distance / expected).item() < 2.0
+
+
+# --------------------------------------------------------------------------- short training runs
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"estimator": "diffu_grpo", "num_iterations": 2, "beta": 0.04, "epsilon": 0.5},
+        {"estimator": "agrpo", "agrpo_num_steps": 2},
+        {"estimator": "agrpo", "agrpo_num_steps": 2, "num_iterations": 2},
+    ],
+    ids=["diffu_grpo", "agrpo", "agrpo-mu2"],
+)
+def test_short_runs_with_each_estimator_change_every_parameter(tmp_path, tiny_checkpoint, overrides):
+    trainer, before = run_training(tmp_path, tiny_checkpoint, block_length=4, diffusion_steps=4, **overrides)
+    assert_all_trainable_changed(trainer, before)
+    assert_metrics(trainer, kl=overrides.get("beta", 0) > 0)
+
+
+def test_agrpo_rejects_a_kl_term(tmp_path):
+    from justgrpo_trl import JustGRPOConfig
+
+    with pytest.raises(ValueError, match="beta=0"):
+        JustGRPOConfig(output_dir=str(tmp_path), estimator="agrpo", beta=0.04, use_cpu=True)
