@@ -14,7 +14,7 @@ from .collators import ARScoringCanvases
 from .decoding import logprobs_and_entropy, scaled_logits
 
 
-def chunk_logps(
+def target_logps(
     module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -25,11 +25,23 @@ def chunk_logps(
     temperature: float,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of each canvas' target at its read position `[C, 1]`, and the entropy there (mask id excluded)."""
+    """Log-probs of `targets` and entropies, read at `positions` only (the mask id excluded from the softmax).
+
+    `positions` is anything `logits_to_keep` takes (`[C, 1]` per-row positions for packed AR canvases, a 1D range
+    for diffu-GRPO's single view); `targets` has the shape of the logits without the vocabulary dim.
+    """
     with autocast():
         logits = module(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions).logits
-    logps, entropies = logprobs_and_entropy(scaled_logits(logits[:, 0], mask_id, temperature))
-    return logps.gather(-1, targets[:, None])[:, 0], entropies
+    logps, entropies = logprobs_and_entropy(scaled_logits(logits, mask_id, temperature))
+    return logps.gather(-1, targets[..., None])[..., 0], entropies
+
+
+def _maybe_checkpointed(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """`target_logps`, under non-reentrant activation checkpointing when gradients are on: the backward recomputes
+    this forward alone, so memory holds one forward's activations at a time."""
+    if torch.is_grad_enabled():
+        return checkpoint(target_logps, *args, **kwargs, use_reentrant=False)
+    return target_logps(*args, **kwargs)
 
 
 def score_canvases(
@@ -54,12 +66,9 @@ def score_canvases(
     for index in range(num_forwards):
         real = index < num_chunks
         chunk = canvases.chunk(index) if real else canvases.views(*(canvases.rows.new_zeros(1),) * 2)
-        args = (module, chunk.input_ids, chunk.attention_mask, chunk.positions, chunk.targets)
-        kwargs = dict(mask_id=mask_id, temperature=temperature, autocast=autocast)
-        if torch.is_grad_enabled():
-            logps, entropies = checkpoint(chunk_logps, *args, **kwargs, use_reentrant=False)
-        else:
-            logps, entropies = chunk_logps(*args, **kwargs)
+        args = (module, chunk.input_ids, chunk.attention_mask, chunk.positions, chunk.targets[:, None])
+        logps, entropies = _maybe_checkpointed(*args, mask_id=mask_id, temperature=temperature, autocast=autocast)
+        logps, entropies = logps[:, 0], entropies[:, 0]
         if real:
             values.append((chunk, logps, entropies))
         else:
@@ -75,24 +84,6 @@ def score_canvases(
     if anchor is not None:
         logps = logps + anchor
     return logps, entropies
-
-
-def one_step_logps(
-    module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    positions: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    mask_id: int,
-    temperature: float,
-    autocast: Callable[[], AbstractContextManager] = nullcontext,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs and entropies `[b, T]` of `targets` read at `positions` (1D) of one canvas per row."""
-    with autocast():
-        logits = module(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions).logits
-    logps, entropies = logprobs_and_entropy(scaled_logits(logits, mask_id, temperature))
-    return logps.gather(-1, targets[..., None])[..., 0], entropies
 
 
 def score_one_step(
@@ -118,11 +109,7 @@ def score_one_step(
         real = index < len(starts)
         rows = slice(starts[index], starts[index] + rows_per_forward) if real else slice(0, 1)
         args = (module, canvas[rows], attention_mask[rows], positions, completion_ids[rows])
-        kwargs = dict(mask_id=mask_id, temperature=temperature, autocast=autocast)
-        if torch.is_grad_enabled():
-            logps, entropies = checkpoint(one_step_logps, *args, **kwargs, use_reentrant=False)
-        else:
-            logps, entropies = one_step_logps(*args, **kwargs)
+        logps, entropies = _maybe_checkpointed(*args, mask_id=mask_id, temperature=temperature, autocast=autocast)
         if real:
             values.append((logps, entropies))
         else:

@@ -306,7 +306,8 @@ class JustGRPOTrainer(GRPOTrainer):
         return prompt_ids, images, multimodal_fields
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        """Sample completions in AR order; returns `(completion_ids, logprobs)` lists as TRL expects."""
+        """Sample completions (AR order; LLaDA's block decoding for `diffu_grpo`/`agrpo`) and record what the
+        estimators need; returns `(completion_ids, logprobs)` lists as TRL expects."""
         if images is not None or multimodal_fields:
             raise ValueError("JustGRPOTrainer supports text-only prompts.")
         self._check_prompts(prompt_ids)

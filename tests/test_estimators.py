@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_trainer_exact import PROMPTS, TEMPERATURE, make_trainer, prompt_ids, trl_batch
+from test_trainer_exact import PROMPTS, TEMPERATURE, make_trainer, prompt_ids, trainer_gradients, trl_batch
 from test_trainer_runs import assert_all_trainable_changed, assert_metrics, run_training
 
 GEN_LENGTH, BLOCK, STEPS = 8, 4, 4  # 2 blocks of 2 steps: two tokens unmasked per step
@@ -123,18 +123,8 @@ def test_agrpo_with_every_step_equals_the_exact_trajectory_logprob(stop_heavy_mo
 
 
 def agrpo_gradient(trainer, prompts, completions, advantages, tokens) -> torch.Tensor:
-    prompt_ids_, prompt_mask, completion_ids, completion_mask = trl_batch(prompts, completions, tokens.pad_id)
-    inputs = {
-        "prompt_ids": prompt_ids_,
-        "prompt_mask": prompt_mask,
-        "completion_ids": completion_ids,
-        "completion_mask": completion_mask,
-        "advantages": advantages,
-        "num_items_in_batch": completion_mask.sum(),
-    }
-    trainer.model.zero_grad()
-    trainer._compute_loss(trainer.model, inputs).backward()
-    return torch.cat([p.grad.flatten() for p in trainer.model.parameters()])
+    gradients = trainer_gradients(trainer, prompts, completions, advantages, tokens)
+    return torch.cat([gradient.flatten() for gradient in gradients.values()])
 
 
 def test_agrpo_gradient_is_unbiased_over_draws_of_the_sampled_steps(stop_heavy_model, tmp_path):
