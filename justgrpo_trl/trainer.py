@@ -279,7 +279,7 @@ class JustGRPOTrainer(GRPOTrainer):
                 "optimizer inside its backward; rely on DeepSpeed's own overflow handling there."
             )
         self._forward_redirection = _ForwardRedirection()
-        self._pending_sampling_logps: tuple[torch.Tensor, list[list[int]]] | None = None
+        self._pending_sampling_logps: tuple[list[list[float]], list[list[int]]] | None = None
         self._rollouts: dict[tuple[tuple[int, ...], tuple[int, ...]], dict[str, list]] = {}
         self._diffu_seeds: list[int] = [0]
         self._diffu_iteration = 0
@@ -348,7 +348,7 @@ class JustGRPOTrainer(GRPOTrainer):
         old_logps_needed = self.args.gradient_accumulation_steps % generate_every != 0
         reuse = self.args.reuse_sampling_logprobs or self.args.estimator == "agrpo"  # AGRPO clips against them
         if reuse and self.args.estimator != "diffu_grpo" and old_logps_needed and self.model.training:
-            self._pending_sampling_logps = (self._pad_rows(output.logprobs, 0.0), output.completion_ids)
+            self._pending_sampling_logps = (output.logprobs, output.completion_ids)
         self._rollouts = {
             (tuple(prompt), tuple(output.completion_ids[i])): {
                 "entropies": output.entropies[i],
@@ -377,11 +377,11 @@ class JustGRPOTrainer(GRPOTrainer):
                 f"model's maximum length {self.max_sequence_length}. Shorten the prompts or max_completion_length."
             )
 
-    def _pad_rows(self, rows: list[list[float]], value: float) -> torch.Tensor:
-        width = max((len(r) for r in rows), default=0)
-        out = torch.full((len(rows), max(width, 1)), value, dtype=torch.float32)
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
+    def _pad_lists(self, rows: list[list], width: int, dtype=torch.float32, fill=0) -> torch.Tensor:
+        """Per-row lists cut or right-padded into a `[B, width]` tensor on this process' device."""
+        out = torch.full((len(rows), width), fill, dtype=dtype)
+        for index, row in enumerate(rows):
+            out[index, : len(row[:width])] = torch.tensor(row[:width], dtype=dtype)
         return out.to(self.accelerator.device)
 
     # ------------------------------------------------------------------ exact log-probs
@@ -563,13 +563,8 @@ class JustGRPOTrainer(GRPOTrainer):
         return records
 
     def _recorded(self, records, name: str, width: int, dtype=torch.float32, fill=0) -> torch.Tensor:
-        """One recorded per-token list per row, cut or right-padded to `[B, width]`."""
-        out = torch.full((len(records), width), fill, dtype=dtype)
-        for index, record in enumerate(records):
-            if record is not None:
-                values = record[name][:width]
-                out[index, : len(values)] = torch.tensor(values, dtype=dtype)
-        return out.to(self.accelerator.device)
+        """One recorded per-token list per row (empty for rows without a record) as a `[B, width]` tensor."""
+        return self._pad_lists([[] if r is None else r[name] for r in records], width, dtype=dtype, fill=fill)
 
     def _max_across_sharded_ranks(self, count: int) -> int:
         """Under ZeRO-3 or FSDP each forward gathers parameters collectively, so all ranks must run as many."""
@@ -591,9 +586,7 @@ class JustGRPOTrainer(GRPOTrainer):
         for row, ids in zip(input_ids[:, input_ids.size(1) - width :].tolist(), completions):
             if row[: len(ids)] != ids:
                 return None
-        out = torch.zeros((len(completions), width), device=logps.device)
-        out[:, : min(width, logps.size(1))] = logps[:, :width]
-        return out
+        return self._pad_lists(logps, width)
 
     # ------------------------------------------------------------------ reliability
 
