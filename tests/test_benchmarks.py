@@ -1,0 +1,112 @@
+"""Smoke test of `benchmarks/bench_justgrpo.py` on the tiny model: it runs, reports every phase, and ours and the
+naive baseline agree exactly. No timing is asserted (timings are what the benchmark reports, not what it checks)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_justgrpo.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_justgrpo", BENCH_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_runs_and_reports(bench, tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["--model", "tiny", "--batch_size", "4", "--prompt_length", "6", "--gen_length", "10"]
+    argv += ["--chunk_size", "3", "8", "--repeats", "1", "--warmup", "0", "--threads", "1"]
+    argv += ["--memory", "profiler", "--json", str(out), "--quiet"]
+    report = bench.run(argv)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert set(report) == {"config", "results", "ratios", "checks", "targets"}
+
+    cfg = report["config"]
+    lengths = cfg["lengths"]
+    assert len(lengths) == 4 and all(1 <= n <= 10 for n in lengths)
+    assert cfg["valid_tokens"] == sum(lengths)
+    assert 0 < cfg["fast_selected"] < cfg["valid_tokens"]
+
+    phases = {"rollout/baseline", "rollout/ours", "scoring/baseline"}
+    for c in (3, 8):
+        phases |= {f"scoring/ours[c={c}]", f"scoring/fast[q=0.25,c={c}]", f"scoring/fused[c={c}]"}
+    results = report["results"]
+    assert set(results) == phases
+    for name, r in results.items():
+        assert r["time_s"] > 0 and r["tokens_per_s"] > 0 and len(r["wall_times_s"]) == len(r["cpu_times_s"]) == 1, name
+        assert r["peak_memory_bytes"] is not None and r["model_flops"] > 0, name
+        assert r["mfu"] is None  # no --peak_tflops on CPU
+    assert set(report["ratios"]) == phases - {"rollout/baseline", "scoring/baseline"}
+    assert all(v["speedup"] > 0 and v["memory"] is not None for v in report["ratios"].values())
+
+    # Forward-pass accounting: the baseline runs every position for every row; ours only the valid (row, position)
+    # pairs, and under checkpointing each scored canvas is run twice (forward + recompute).
+    valid, batch, gen = sum(lengths), 4, 10
+    assert results["rollout/baseline"]["calls"] == gen and results["rollout/baseline"]["canvases"] == batch * gen
+    assert results["rollout/ours"]["calls"] == max(lengths) and results["rollout/ours"]["canvases"] == valid
+    assert results["scoring/baseline"]["canvases"] == batch * gen
+    assert results["scoring/ours[c=3]"]["canvases"] == 2 * valid
+    assert results["scoring/ours[c=3]"]["calls"] == 2 * -(-valid // 3)
+    assert results["scoring/fused[c=8]"]["canvases"] == valid
+    assert results["scoring/fast[q=0.25,c=8]"]["canvases"] == 2 * cfg["fast_selected"]
+    assert results["rollout/ours"]["logit_rows"] == valid  # one logit row per decoded token, never [B, S, V]
+
+    # Equal log-probs and gradients (fp32): ours, fused and fast against the per-position baseline, and the
+    # rollout's recorded sampling log-probs against the exact scores (what reuse_sampling_logprobs relies on).
+    checks = report["checks"]
+    assert checks["rollout_sampling_logps_vs_baseline_exact_max_abs"] < 1e-5
+    for key, value in checks.items():
+        assert value < 1e-5, key
+    assert any("grad_rel_err" in key for key in checks)
+
+    assert {"rollout >= 2x", "scoring c=3 >= 2.5x", "fast c=8 >= 3x"} <= set(report["targets"])
+    assert all(t["met"] in (True, False) for t in report["targets"].values())
+    text = bench.format_report(report)
+    assert "scoring/fast[q=0.25,c=3]" in text and "speedup" in text
+
+
+def test_reference_baseline_and_lengths(bench):
+    """The `reference` baseline runs; drawn lengths average ~0.6 of gen_length; the forced stop holds."""
+    generator = torch.Generator().manual_seed(0)
+    lengths = bench.draw_lengths(4096, 256, 0.6, generator)
+    assert abs(lengths.float().mean().item() / 256 - 0.6) < 0.02
+    assert int(lengths.min()) >= 32 and int(lengths.max()) <= 256
+
+    argv = ["--model", "tiny", "--batch_size", "3", "--prompt_length", "5", "--gen_length", "6", "--chunk_size", "4"]
+    argv += ["--repeats", "1", "--warmup", "0", "--memory", "off", "--baseline", "reference", "--no-fused", "--quiet"]
+    report = bench.run(argv)
+    assert report["config"]["baseline"] == "reference"
+    assert all(r["peak_memory_bytes"] is None for r in report["results"].values())
+    assert report["checks"]["scoring/ours[c=4] logps_max_abs_diff"] < 1e-5
+
+
+def test_profiler_peak_counts_live_tensors(bench):
+    def allocate():
+        a = torch.ones(1 << 20)  # 4 MiB
+        b = a * 2  # 8 MiB live
+        del a
+        return (b + 1).sum()  # b and b + 1 live: 8 MiB again
+
+    peak = bench.measure_peak_profiler(allocate)
+    assert 8 << 20 <= peak < 9 << 20
+
+
+def test_last_block_prototype_is_exact(bench):
+    """The last-block pruning prototype gives the model's logits and gradients (what the proposal relies on)."""
+    spec = importlib.util.spec_from_file_location(
+        "prototype_last_block", BENCH_PATH.parent / "prototype_last_block.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.main(["--model", "tiny", "--chunk_size", "3", "--seq", "20", "--repeats", "1"])
+    assert report["logits_max_abs_diff"] < 1e-5 and report["grad_rel_err"] < 1e-5
+    assert report["forward+backward"]["speedup"] > 0
