@@ -31,5 +31,10 @@ setup(
         "pyyaml>=6.0",
     ],
     extras_require={"dev": ["pytest>=8", "ruff>=0.6"]},
-    entry_points={"console_scripts": ["justgrpo-eval = justgrpo_trl.eval:main"]},
+    entry_points={
+        "console_scripts": [
+            "justgrpo-eval = justgrpo_trl.eval:main",
+            "justgrpo-demo = justgrpo_trl.demo:main",
+        ]
+    },
 )

@@ -1,6 +1,6 @@
 """The embedded CPU demo: a tiny LLaDA built from nothing, masked SFT, then JustGRPO, with a before/after table.
 
-    python recipes/demo.py                       # about 5 minutes on 2 CPU cores, no network
+    python recipes/demo.py                       # about 3 minutes on 2 CPU cores, no network
     python recipes/demo.py --seed 1 --output_dir outputs/demo-seed1
     python recipes/demo.py --quick               # a few steps: checks the plumbing only
 
