@@ -153,15 +153,7 @@ def greedy_accuracy(
     for start in tqdm(range(0, len(problems), batch_size), desc="greedy eval", leave=False):
         batch = problems[start : start + batch_size]
         prompt_ids = [tokenizer(text=prompt)["input_ids"] for prompt, _ in batch]
-        output = ar_decode(
-            model,
-            prompt_ids,
-            gen_length=gen_length,
-            mask_id=tokens.mask_id,
-            stop_ids=tokens.stop_ids,
-            pad_id=tokens.pad_id,
-            temperature=0.0,
-        )
+        output = ar_decode(model, prompt_ids, gen_length=gen_length, temperature=0.0, **tokens.decode_kwargs())
         for (prompt, answer), ids in zip(batch, output.completion_ids):
             text = tokenizer.decode(ids, skip_special_tokens=True).strip()
             correct += text == answer

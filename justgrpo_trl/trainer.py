@@ -311,7 +311,9 @@ class JustGRPOTrainer(GRPOTrainer):
         if images is not None or multimodal_fields:
             raise ValueError("JustGRPOTrainer supports text-only prompts.")
         self._check_prompts(prompt_ids)
-        tokens = self.special_tokens
+        common = dict(
+            gen_length=self.max_completion_length, temperature=self.temperature, **self.special_tokens.decode_kwargs()
+        )
         with (
             unwrap_model_for_generation(
                 self.model_wrapped,
@@ -323,14 +325,6 @@ class JustGRPOTrainer(GRPOTrainer):
             self._dist.summon_full_params(self.model_wrapped, recurse=False),
             self.accelerator.autocast(),
         ):
-            common = dict(
-                gen_length=self.max_completion_length,
-                mask_id=tokens.mask_id,
-                stop_ids=tokens.stop_ids,
-                pad_id=tokens.pad_id,
-                temperature=self.temperature,
-                logit_shift=tokens.logit_shift,
-            )
             if self.args.estimator == "ar_exact":
                 output = ar_decode(
                     unwrapped_model, prompt_ids, top_k=self.args.top_k or None, top_p=self.args.top_p, **common

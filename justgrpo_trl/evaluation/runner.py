@@ -223,13 +223,7 @@ def run_decoder(
 ) -> DecodeOutput:
     """Decode a batch of prompts with the configured sampler."""
     common = dict(
-        gen_length=config.gen_length,
-        mask_id=tokens.mask_id,
-        stop_ids=tokens.stop_ids,
-        pad_id=tokens.pad_id,
-        temperature=config.temperature,
-        logit_shift=tokens.logit_shift,
-        generator=generator,
+        gen_length=config.gen_length, temperature=config.temperature, generator=generator, **tokens.decode_kwargs()
     )
     if config.decoder == "ar":
         return ar_decode(model, prompts, **common)

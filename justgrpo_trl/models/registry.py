@@ -50,6 +50,15 @@ class SpecialTokens:
     pad_id: int
     logit_shift: int = 0
 
+    def decode_kwargs(self) -> dict:
+        """The token arguments every sampler of `justgrpo_trl.decoding` takes."""
+        return {
+            "mask_id": self.mask_id,
+            "stop_ids": self.stop_ids,
+            "pad_id": self.pad_id,
+            "logit_shift": self.logit_shift,
+        }
+
 
 _REGISTRY: dict[str, DiffusionLMSpec] = {}
 
