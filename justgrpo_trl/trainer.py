@@ -8,7 +8,9 @@
   (`collators.ARScoringCanvases`), packed in chunks and checkpointed one chunk at a time.
 
 Everything else (chat templates, rewards, advantages, every loss type, KL with a reference model or a PEFT adapter,
-`num_iterations`, `steps_per_generation`, entropy masking, logging) is TRL's own code.
+`num_iterations`, `steps_per_generation`, entropy masking, logging) is TRL's own code. The comparison estimators
+(`estimator="diffu_grpo"|"agrpo"`, see `estimators.py`) and the run-reliability features (`reliability.py`) add a few
+more hooks, each documented where it is defined; with the defaults they leave JustGRPO's path as described above.
 """
 
 import os
