@@ -57,9 +57,11 @@ def main(argv: list[str] | None = None) -> JustGRPOTrainer:
     trainer.save_model(training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_path or task.dataset_name)
+    trainer.accelerator.wait_for_everyone()
     return trainer
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+    # Destroy the process group before interpreter shutdown, which can otherwise abort a rank after a good run.
+    main().accelerator.end_training()

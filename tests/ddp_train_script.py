@@ -63,6 +63,8 @@ def main(checkpoint: str, output_dir: str) -> None:
         },
         os.path.join(output_dir, f"rank{trainer.accelerator.process_index}.pt"),
     )
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # destroy the process group before interpreter shutdown
 
 
 if __name__ == "__main__":

@@ -75,6 +75,10 @@ def main() -> None:
     if trainer.accelerator.is_main_process:
         with open(os.path.join(options.output_dir, "log_history.json"), "w") as f:
             json.dump(trainer.state.log_history, f)
+    # Leave together and tear the process group down before the interpreter exits: left to interpreter shutdown, a
+    # gloo group can abort a rank ("terminate called without an active exception") after a successful run.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
