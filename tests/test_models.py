@@ -231,6 +231,53 @@ def test_logits_to_keep(random_llada):
         assert _max_diff(picked[2], full[2, 0]) <= TOL
 
 
+def test_per_row_logits_to_keep_prunes_the_last_block_exactly(random_llada):
+    """Per-row positions run the last block at the kept rows only: same logits and gradients as the full forward
+    (logits at every position, then picked), with a padding mask, a 4D mask with distinct rows, shifted position
+    ids, and under gradient checkpointing."""
+    model = random_llada.train()
+    vocab = model.config.embedding_size
+    ids = _random_ids(3, 12, vocab, 71)
+    padding = _left_padding_mask([12, 9, 6], 12)
+    per_query = torch.rand(3, 1, 12, 12, generator=torch.Generator().manual_seed(1)) > 0.3
+    per_query |= torch.eye(12, dtype=torch.bool)  # every query attends to something
+    keep = torch.tensor([[11, 4], [3, 10], [7, 8]])
+    calls = []
+    hook = model.model.transformer.blocks[-1].register_forward_hook(lambda m, a, out: calls.append(out.shape))
+
+    def picked_and_grads(mask, position_ids, full: bool):
+        model.zero_grad(set_to_none=True)
+        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids)
+        if full:
+            logits = model(**kwargs).logits
+            logits = torch.stack([logits[b, keep[b]] for b in range(3)])
+        else:
+            logits = model(**kwargs, logits_to_keep=keep).logits
+        logits.logsumexp(-1).mul(torch.tensor([[1.0, -2.0]])).sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    cases = [(None, None), (padding, None), (per_query, None), (padding, torch.arange(12).expand(3, 12) + 5)]
+    try:
+        for checkpointing in (False, True):
+            if checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            for mask, position_ids in cases:
+                calls.clear()
+                expected, expected_grads = picked_and_grads(mask, position_ids, full=True)
+                got, got_grads = picked_and_grads(mask, position_ids, full=False)
+                assert calls[-1] == (3, 2, model.config.d_model)  # the last block's output: kept rows only
+                assert _max_diff(got, expected) <= TOL
+                for name, grad in expected_grads.items():
+                    assert (got_grads[name] - grad).norm() <= 1e-5 * grad.norm() + 1e-12, name
+    finally:
+        hook.remove()
+        model.gradient_checkpointing_disable()
+    with pytest.raises(ValueError, match="query_positions"):
+        model.model(input_ids=ids, query_positions=keep, output_hidden_states=True)
+    hidden = model(input_ids=ids, logits_to_keep=keep, output_hidden_states=True)  # falls back to the full forward
+    assert len(hidden.hidden_states) == model.config.n_layers + 1 and hidden.logits.shape == (3, 2, vocab)
+
+
 # ----------------------------------------------------------------------------------------------------
 # 4. Gradient checkpointing
 # ----------------------------------------------------------------------------------------------------

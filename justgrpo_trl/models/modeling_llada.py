@@ -73,13 +73,27 @@ class LLaDABlock(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
         rotary: tuple[torch.Tensor, torch.Tensor],
+        query_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`[B, S, d]` -> `[B, S, d]`; with per-row `query_positions [B, K]`, `[B, K, d]`: the block's output at
+        those positions only (keys and values still come from every position), which is all a last block owes to
+        logits kept at K positions."""
         batch, seq, _ = hidden_states.shape
         normed = self.attn_norm(hidden_states)
-        q = self.q_proj(normed).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(normed).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(normed).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        k = apply_rotary(k, *rotary)
+        q_rotary = rotary
+        if query_positions is not None:
+            rows = torch.arange(batch, device=hidden_states.device)[:, None]
+            hidden_states, normed = hidden_states[rows, query_positions], normed[rows, query_positions]
+            q_rotary = tuple(table[rows, query_positions] for table in rotary)
+            if attention_mask is not None and attention_mask.size(-2) > 1:  # a 4D mask's rows, one per query
+                index = query_positions[:, None, :, None].expand(-1, attention_mask.size(1), -1, seq)
+                attention_mask = attention_mask.expand(batch, -1, -1, -1).gather(2, index)
+            seq = query_positions.size(1)
+        q = self.q_proj(normed).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
+        q = apply_rotary(q, *q_rotary)
         attn = F.scaled_dot_product_attention(
             q,
             k,
@@ -154,10 +168,14 @@ class LLaDAModel(LLaDAPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        query_positions: torch.LongTensor | None = None,
         **kwargs,
     ) -> BaseModelOutput:
         """Final normed hidden states `[B, S, d_model]`; `hidden_states` holds the embeddings and every block's output,
-        the last one after `ln_f` (the transformers and original LLaDA convention)."""
+        the last one after `ln_f` (the transformers and original LLaDA convention).
+
+        With per-row `query_positions [B, K]`, the last block runs its queries, attention output and MLP at those
+        positions only and the result is `[B, K, d_model]` (not with `output_hidden_states`)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
         if inputs_embeds is None:
@@ -173,10 +191,13 @@ class LLaDAModel(LLaDAPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
 
+        if query_positions is not None and output_hidden_states:
+            raise ValueError("query_positions prunes the last block's outputs; it cannot return every hidden state.")
         hidden_states = self.transformer.emb_drop(inputs_embeds)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
-        for block in self.transformer.blocks:
-            hidden_states = block(hidden_states, mask, rotary)
+        last = len(self.transformer.blocks) - 1
+        for index, block in enumerate(self.transformer.blocks):
+            hidden_states = block(hidden_states, mask, rotary, query_positions if index == last else None)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         hidden_states = self.transformer.ln_f(hidden_states)
@@ -229,14 +250,27 @@ class LLaDAModelLM(LLaDAPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         **kwargs,
     ) -> CausalLMOutput:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        per_row = (
+            isinstance(logits_to_keep, torch.Tensor)
+            and logits_to_keep.dim() == 2
+            and not logits_to_keep.dtype.is_floating_point
+            and logits_to_keep.dtype != torch.bool
+        )
+        prune = per_row and not output_hidden_states  # the last block then runs at the kept rows only
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
+            query_positions=logits_to_keep if prune else None,
         )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        hidden_states = outputs.last_hidden_state
+        if not prune:
+            hidden_states = slice_logits_to_keep(hidden_states, logits_to_keep)
         bias = None if self.config.weight_tying else self.model.transformer.ff_out.bias
         logits = F.linear(hidden_states, self.output_head_weight(), bias)
         return CausalLMOutput(logits=logits, hidden_states=outputs.hidden_states)
