@@ -9,12 +9,12 @@ Phases, all on the same model, the same prompts and the same completion lengths:
   positions, the canvas `[prompt | c_<j | MASK x (L - j)]` of the whole batch, a full forward with full logits, the
   log-prob at `P + j`, and one backward of that position's share of the loss, every position regardless of where the
   answer ended. Ours: `collators.ARScoringCanvases` (only the (row, position) pairs before the end of the answer,
-  packed across rows into chunks) scored by `estimators.score_canvases` (each chunk under non-reentrant
-  checkpointing), then one backward of the same loss.
+  packed across rows into chunks), each chunk scored and its share of the loss backpropagated at once
+  (`chunked_backward.backward_chunk_by_chunk` with `TokenLoss`, the trainer's default path).
+* **checkpointed** -- the trainer's other path (ZeRO-3, FSDP, losses that couple tokens): `estimators.score_canvases`
+  (each chunk under non-reentrant checkpointing), then one backward of the same loss.
 * **JustGRPO-Fast** -- ours, scoring only the top-q highest-entropy positions, selected from the entropies recorded
   during the rollout (TRL's quantile rule); the other positions are never computed.
-* **fused** (a prototype, not in the package) -- ours without checkpointing: each chunk's loss is backpropagated as
-  soon as the chunk is scored, which is exact because the GRPO token loss is separable, and saves the recompute.
 
 Completion lengths are realistic: every row's end of answer is drawn from a clipped normal with mean
 `mean_fraction * gen_length` (0.6, as GSM8K answers use), and the model is wrapped (identically for baseline and
@@ -47,6 +47,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
+from justgrpo_trl.chunked_backward import TokenLoss, backward_chunk_by_chunk, loss_weights
 from justgrpo_trl.collators import ARScoringCanvases
 from justgrpo_trl.decoding import ar_decode
 from justgrpo_trl.estimators import score_canvases, target_logps
@@ -409,32 +410,20 @@ def _canvases(work: Workload, score_mask: torch.Tensor, chunk_size: int) -> ARSc
 
 
 def scoring_ours(work: Workload, chunk_size: int, score_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """`score_canvases` over the packed canvases, then one backward of the GRPO loss; returns the log-probs `[B, T]`.
-
-    With `score_mask` (JustGRPO-Fast) only those positions are computed and enter the loss.
-    """
-    score_mask = work.completion_mask if score_mask is None else score_mask
-    canvases = _canvases(work, score_mask, chunk_size)
-    logps, _ = score_canvases(
-        work.model, canvases, mask_id=work.mask_id, temperature=work.temperature, autocast=work.autocast
+    """The trainer's default path: each chunk scored and its share of the GRPO loss backpropagated at once; returns
+    the log-probs `[B, T]`. With `score_mask` (JustGRPO-Fast) only those positions are computed and enter the loss."""
+    canvases = _canvases(work, work.completion_mask if score_mask is None else score_mask, chunk_size)
+    token_loss = TokenLoss(
+        loss_type="bnpo",  # on-policy, its gradient is the baseline's: -A * grad log p / (valid tokens)
+        weights=loss_weights(
+            "bnpo", work.completion_mask, accumulation_steps=1, max_completion_length=work.gen_length
+        ),
+        advantages=work.advantages,
+        policy_mask=score_mask,
     )
-    loss = -(work.advantages[:, None] * logps * score_mask).sum() / grpo_normaliser(work)
-    loss.backward()
-    return logps.detach()
 
-
-def scoring_fused(work: Workload, chunk_size: int) -> torch.Tensor:
-    """Prototype: score a chunk, backpropagate its share of the loss at once, free it; no checkpoint recompute.
-
-    Exact for any loss that is a sum of per-token terms with a fixed normaliser (TRL's grpo, bnpo, dr_grpo, dapo
-    losses, with or without KL), because a token's loss gradient then depends on that token's log-prob only.
-    """
-    canvases = _canvases(work, work.completion_mask, chunk_size)
-    norm = grpo_normaliser(work)
-    logps = torch.zeros(work.completions.shape, device=work.completions.device)
-    for index in range(len(canvases)):
-        chunk = canvases.chunk(index)
-        chunk_lp, _ = target_logps(
+    def forward(chunk):
+        logps, entropies = target_logps(
             work.model,
             chunk.input_ids,
             chunk.attention_mask,
@@ -444,13 +433,27 @@ def scoring_fused(work: Workload, chunk_size: int) -> torch.Tensor:
             temperature=work.temperature,
             autocast=work.autocast,
         )
-        chunk_lp = chunk_lp[:, 0]
-        (-(work.advantages[chunk.rows] * chunk_lp).sum() / norm).backward()
-        logps[chunk.rows, chunk.cols] = chunk_lp.detach()
+        return logps[:, 0], entropies[:, 0]
+
+    logps, _, _, last = backward_chunk_by_chunk(forward, canvases, token_loss, torch.Tensor.backward)
+    last.backward()
     return logps
 
 
-def phase_table(work: Workload, chunk_sizes: list[int], quantile: float, fused: bool) -> dict[str, Callable[[], Any]]:
+def scoring_checkpointed(work: Workload, chunk_size: int) -> torch.Tensor:
+    """The trainer's checkpointed path: `score_canvases` over the packed canvases, then one backward of the loss."""
+    canvases = _canvases(work, work.completion_mask, chunk_size)
+    logps, _ = score_canvases(
+        work.model, canvases, mask_id=work.mask_id, temperature=work.temperature, autocast=work.autocast
+    )
+    loss = -(work.advantages[:, None] * logps * work.completion_mask).sum() / grpo_normaliser(work)
+    loss.backward()
+    return logps.detach()
+
+
+def phase_table(
+    work: Workload, chunk_sizes: list[int], quantile: float, checkpointed: bool
+) -> dict[str, Callable[[], Any]]:
     """Name -> zero-argument callable for every phase of this run."""
     phases: dict[str, Callable[[], Any]] = {
         "rollout/baseline": lambda: rollout_baseline(work),
@@ -460,8 +463,8 @@ def phase_table(work: Workload, chunk_sizes: list[int], quantile: float, fused: 
     for c in chunk_sizes:
         phases[f"scoring/ours[c={c}]"] = lambda c=c: scoring_ours(work, c)
         phases[f"scoring/fast[q={quantile:g},c={c}]"] = lambda c=c: scoring_ours(work, c, work.fast_mask)
-        if fused:
-            phases[f"scoring/fused[c={c}]"] = lambda c=c: scoring_fused(work, c)
+        if checkpointed:
+            phases[f"scoring/ckpt[c={c}]"] = lambda c=c: scoring_checkpointed(work, c)
     return phases
 
 
@@ -634,7 +637,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Which time the speedups use. auto: wall on GPU; on CPU with 1 thread the process CPU time, which other\n"
         "tenants of a shared host do not inflate (both are always reported).",
     )
-    parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True, help="Time the prototype.")
+    parser.add_argument(
+        "--checkpointed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Also time the checkpointed path (ZeRO-3/FSDP).",
+    )
     parser.add_argument(
         "--memory",
         choices=["auto", "profiler", "rss", "off"],
@@ -679,7 +687,7 @@ def run_memory_child(args: argparse.Namespace) -> None:
     """`--_phase`: build the model and inputs, then measure one phase's peak and print it for the parent."""
     work, device = setup(args)
     load_inputs(work, args._inputs)
-    phases = phase_table(work, args.chunk_size, args.fast_quantile, fused=True)
+    phases = phase_table(work, args.chunk_size, args.fast_quantile, checkpointed=True)
     zero_grads(work.model)
     peak, method = measure_peak_inprocess(phases[args._phase], device, method="rss")
     print("PEAK_MEMORY " + json.dumps({"bytes": peak, "method": method}), flush=True)
@@ -693,8 +701,8 @@ def phase_flops(model: LLaDAModelLM, name: str, work: Workload, seq: int, counte
         return counters["canvases"] * forward_flops(model, seq, 1)
     if name == "scoring/baseline":
         return 3 * counters["canvases"] * forward_flops(model, seq, seq)
-    # ours: every canvas is scored once with gradient; with checkpointing each is run twice, counted once
-    scored = counters["logit_rows"] // (2 if "fused" not in name else 1)
+    # ours: every canvas is scored once with gradient; checkpointed, each is run twice, counted once
+    scored = counters["logit_rows"] // (2 if name.startswith("scoring/ckpt") else 1)
     return 3 * scored * forward_flops(model, seq, 1)
 
 
@@ -709,7 +717,7 @@ def run(argv: list[str] | None = None) -> dict:
     fill_scoring_inputs(work, args.fast_quantile)
     model = work.model
     inner: LLaDAModelLM = model.model
-    phases = phase_table(work, args.chunk_size, args.fast_quantile, args.fused)
+    phases = phase_table(work, args.chunk_size, args.fast_quantile, args.checkpointed)
     seq = args.prompt_length + args.gen_length
 
     wall: dict[str, list[float]] = {name: [] for name in phases}

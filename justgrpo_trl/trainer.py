@@ -27,9 +27,10 @@ from transformers.utils import logging
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import _ForwardRedirection, unwrap_model_for_generation
 
+from .chunked_backward import SEPARABLE_LOSS_TYPES, TokenLoss, backward_chunk_by_chunk, loss_weights
 from .collators import ARScoringCanvases, one_step_canvas
 from .decoding import ar_decode, block_decode
-from .estimators import score_canvases, score_one_step, stratified_step_weights
+from .estimators import score_canvases, score_one_step, stratified_step_weights, target_logps
 from .models import apply_chat_template_fix, get_spec, resolve_special_tokens
 from .reliability import (
     REWARD_ERROR_POLICIES,
@@ -61,8 +62,18 @@ class JustGRPOConfig(GRPOConfig):
     logprob_chunk_size: int = field(
         default=16,
         metadata={
-            "help": "Scoring canvases per forward. Each chunk is wrapped in non-reentrant activation checkpointing, "
-            "so memory holds one chunk's activations at a time during the backward. Larger is faster, up to memory."
+            "help": "Scoring canvases per forward. Memory holds one chunk's activations at a time (see "
+            "`chunked_backward`). Larger is faster, up to memory."
+        },
+    )
+    chunked_backward: bool = field(
+        default=True,
+        metadata={
+            "help": "Backpropagate each scoring chunk's share of the loss right after its forward, instead of "
+            "checkpointing every chunk and running one backward: no recompute and no second gradient-sized buffer, "
+            "same gradient. Applies with estimator='ar_exact' and a loss that is a sum of per-token terms "
+            "(token-level importance sampling, loss_type other than 'vespo', no off-policy mask, no entropy bonus, an "
+            "entropy mask only with justgrpo_fast), on one process or under DDP; elsewhere the checkpointed path runs."
         },
     )
     reuse_sampling_logprobs: bool = field(
@@ -286,6 +297,13 @@ class JustGRPOTrainer(GRPOTrainer):
         self._diffu_seeds: list[int] = [0]
         self._diffu_iteration = 0
         self._diffu_stash: list[torch.Tensor] = []
+        self._scored: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._chunked_backward_blocker = self._why_not_chunked_backward()
+        if args.chunked_backward and self._chunked_backward_blocker:
+            logger.info(
+                f"chunked_backward does not apply ({self._chunked_backward_blocker}); scoring chunks are "
+                "checkpointed and backpropagated together."
+            )
 
     # ------------------------------------------------------------------ prompts and rollouts
 
@@ -402,6 +420,9 @@ class JustGRPOTrainer(GRPOTrainer):
         """
         if any(value is not None for value in multimodal_inputs.values()):
             raise ValueError("JustGRPOTrainer supports text-only inputs.")
+        if self._scored is not None:  # `_chunked_backward_loss` already scored this batch
+            (logps, entropies), self._scored = self._scored, None
+            return logps, (entropies if compute_entropy else None), (logps.new_zeros(()) if compute_aux_loss else None)
         cached = self._take_sampling_logps(input_ids, logits_to_keep)
         if cached is not None:
             return cached, None, None
@@ -429,14 +450,30 @@ class JustGRPOTrainer(GRPOTrainer):
 
     def _exact_logps(self, model, input_ids, attention_mask, prompt_width, score_mask=None, records=None):
         """Exact log-probs on AR-order canvases, or in the sampler's own order when `records` hold trajectories."""
+        canvases, entropies_override, _ = self._ar_canvases(
+            input_ids, attention_mask, prompt_width, score_mask, records
+        )
+        score = partial(
+            score_canvases,
+            mask_id=self.special_tokens.mask_id,
+            temperature=self.temperature,
+            num_forwards=self._max_across_sharded_ranks(len(canvases)),
+            autocast=self.accelerator.autocast,
+        )
+        logps, entropies = self._call_model(model, score, canvases)
+        return logps, (entropies if entropies_override is None else entropies_override)
+
+    def _ar_canvases(self, input_ids, attention_mask, prompt_width, score_mask=None, records=None):
+        """The scoring canvases of a batch, plus, under JustGRPO-Fast, the rollout's entropies and the top-entropy
+        mask TRL's `_compute_loss` derives from them (only those positions are scored)."""
         completion_mask = attention_mask[:, prompt_width:]
         score_mask = completion_mask if score_mask is None else score_mask
-        entropies_override = None
+        entropies_override = fast_mask = None
         if self.args.justgrpo_fast:
             rows = self._rollout_rows(input_ids, attention_mask, prompt_width)
             entropies_override = self._recorded(rows, "entropies", width=completion_mask.size(1))
-            # The very mask TRL's `_compute_loss` derives from the entropies returned below.
-            score_mask = self.get_high_entropy_mask(entropies_override, completion_mask, 1 - self.top_entropy_quantile)
+            fast_mask = self.get_high_entropy_mask(entropies_override, completion_mask, 1 - self.top_entropy_quantile)
+            score_mask = fast_mask
         trajectory = {}
         if records is not None:
             width = self.max_completion_length
@@ -455,15 +492,7 @@ class JustGRPOTrainer(GRPOTrainer):
             logit_shift=self.special_tokens.logit_shift,
             **trajectory,
         )
-        score = partial(
-            score_canvases,
-            mask_id=self.special_tokens.mask_id,
-            temperature=self.temperature,
-            num_forwards=self._max_across_sharded_ranks(len(canvases)),
-            autocast=self.accelerator.autocast,
-        )
-        logps, entropies = self._call_model(model, score, canvases)
-        return logps, (entropies if entropies_override is None else entropies_override)
+        return canvases, entropies_override, fast_mask
 
     def _agrpo_logps(self, model, input_ids, attention_mask, prompt_width):
         """AGRPO: sample `agrpo_num_steps` denoising steps per trajectory (stratified), score the tokens unmasked at
@@ -531,6 +560,98 @@ class JustGRPOTrainer(GRPOTrainer):
             if stash and output.get(key) is not None:
                 output[f"{key}_per_iteration"] = stash.pop(0)
         return output
+
+    # ------------------------------------------------------------------ loss
+
+    def _why_not_chunked_backward(self) -> str | None:
+        """Why `chunked_backward` cannot run with these settings (None when it can): the loss must be a sum of
+        per-token terms, and each chunk's backward must be a plain (or DDP) backward."""
+        args = self.args
+        reasons = {
+            "chunked_backward=False": not args.chunked_backward,
+            f"estimator={args.estimator!r}": args.estimator != "ar_exact",
+            "importance_sampling_level='sequence'": self.importance_sampling_level != "token",
+            f"loss_type={self.loss_type!r}": self.loss_type not in SEPARABLE_LOSS_TYPES,
+            "off_policy_mask_threshold is set": self.off_policy_mask_threshold is not None,
+            "an entropy mask from the current entropies (top_entropy_quantile < 1 without justgrpo_fast)": (
+                self.top_entropy_quantile < 1.0 and not args.justgrpo_fast
+            ),
+            "an entropy bonus": self._entropy_bonus_enabled,
+            "a router auxiliary loss": self.aux_loss_enabled,
+            "DeepSpeed, whose backward also steps": self.is_deepspeed_enabled,
+            "FSDP": self.is_fsdp_enabled,
+            "torch.nn.DataParallel (n_gpu > 1)": args.n_gpu > 1,
+        }
+        blockers = [reason for reason, applies in reasons.items() if applies]
+        return ", ".join(blockers) or None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss. Under `chunked_backward` (training, where it applies) the gradient of every scoring chunk but
+        the last has already been accumulated when this returns; the returned loss, whose value is TRL's, carries
+        the last chunk's gradient for the Trainer's own `backward`."""
+        chunked = self._chunked_backward_blocker is None and self.model.training and torch.is_grad_enabled()
+        if return_outputs or not chunked or "tool_mask" in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return self._chunked_backward_loss(model, inputs)
+
+    def _chunked_backward_loss(self, model, inputs) -> torch.Tensor:
+        """Score and backpropagate chunk by chunk (`chunked_backward.py`), then run TRL's `_compute_loss` once on the
+        scored values, without gradient, for the loss value and metrics; the two losses must agree."""
+        prompt_width = inputs["prompt_ids"].size(1)
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        canvases, entropies_override, fast_mask = self._ar_canvases(input_ids, attention_mask, prompt_width)
+        token_loss = TokenLoss(
+            loss_type=self.loss_type,
+            weights=loss_weights(
+                self.loss_type,
+                inputs["completion_mask"],
+                accumulation_steps=self.current_gradient_accumulation_steps,
+                max_completion_length=self.max_completion_length,
+                num_items_in_batch=inputs.get("num_items_in_batch"),
+                num_processes=self.accelerator.num_processes,
+                steps_per_generation=self.args.steps_per_generation,
+            ),
+            advantages=inputs["advantages"],
+            old_logps=inputs.get("old_per_token_logps"),
+            ref_logps=inputs.get("ref_per_token_logps"),
+            policy_mask=fast_mask,
+            epsilon_low=self.epsilon_low,
+            epsilon_high=self.epsilon_high,
+            delta=self.args.delta,
+            beta=self.beta,
+            bias_corrected_kl=self.args.use_bias_correction_kl,
+            sapo_temperature_pos=self.args.sapo_temperature_pos,
+            sapo_temperature_neg=self.args.sapo_temperature_neg,
+        )
+        score = partial(
+            target_logps,
+            mask_id=self.special_tokens.mask_id,
+            temperature=self.temperature,
+            autocast=self.accelerator.autocast,
+        )
+
+        def forward(chunk):
+            logps, entropies = self._call_model(
+                model, score, chunk.input_ids, chunk.attention_mask, chunk.positions, chunk.targets[:, None]
+            )
+            return logps[:, 0], entropies[:, 0]
+
+        logps, entropies, value, last = backward_chunk_by_chunk(
+            forward, canvases, token_loss, self.accelerator.backward, partial(self.accelerator.no_sync, model)
+        )
+        self._scored = (logps, entropies if entropies_override is None else entropies_override)
+        try:
+            with torch.no_grad():
+                loss = self._compute_loss(model, inputs)
+        finally:
+            self._scored = None
+        if not torch.isclose(value, loss, rtol=1e-4, atol=1e-5) and torch.isfinite(loss):
+            raise RuntimeError(
+                f"chunked_backward's loss ({value.item():.6g}) differs from TRL's _compute_loss ({loss.item():.6g}) "
+                "on the same log-probs: this TRL version computes the loss differently. Set chunked_backward=False."
+            )
+        return loss.detach() + (last - last.detach())
 
     def _compute_loss(self, model, inputs):
         """TRL's loss; for diffu-GRPO, under the current inner iteration's mask seed and its old/ref log-probs."""

@@ -38,7 +38,7 @@ def test_benchmark_runs_and_reports(bench, tmp_path):
 
     phases = {"rollout/baseline", "rollout/ours", "scoring/baseline"}
     for c in (3, 8):
-        phases |= {f"scoring/ours[c={c}]", f"scoring/fast[q=0.25,c={c}]", f"scoring/fused[c={c}]"}
+        phases |= {f"scoring/ours[c={c}]", f"scoring/fast[q=0.25,c={c}]", f"scoring/ckpt[c={c}]"}
     results = report["results"]
     assert set(results) == phases
     for name, r in results.items():
@@ -49,18 +49,19 @@ def test_benchmark_runs_and_reports(bench, tmp_path):
     assert all(v["speedup"] > 0 and v["memory"] is not None for v in report["ratios"].values())
 
     # Forward-pass accounting: the baseline runs every position for every row; ours only the valid (row, position)
-    # pairs, and under checkpointing each scored canvas is run twice (forward + recompute).
+    # pairs, each once; the checkpointed path runs each scored canvas twice (forward + recompute).
     valid, batch, gen = sum(lengths), 4, 10
     assert results["rollout/baseline"]["calls"] == gen and results["rollout/baseline"]["canvases"] == batch * gen
     assert results["rollout/ours"]["calls"] == max(lengths) and results["rollout/ours"]["canvases"] == valid
     assert results["scoring/baseline"]["canvases"] == batch * gen
-    assert results["scoring/ours[c=3]"]["canvases"] == 2 * valid
-    assert results["scoring/ours[c=3]"]["calls"] == 2 * -(-valid // 3)
-    assert results["scoring/fused[c=8]"]["canvases"] == valid
-    assert results["scoring/fast[q=0.25,c=8]"]["canvases"] == 2 * cfg["fast_selected"]
+    assert results["scoring/ours[c=3]"]["canvases"] == valid
+    assert results["scoring/ours[c=3]"]["calls"] == -(-valid // 3)
+    assert results["scoring/ckpt[c=3]"]["canvases"] == 2 * valid
+    assert results["scoring/ckpt[c=8]"]["calls"] == 2 * -(-valid // 8)
+    assert results["scoring/fast[q=0.25,c=8]"]["canvases"] == cfg["fast_selected"]
     assert results["rollout/ours"]["logit_rows"] == valid  # one logit row per decoded token, never [B, S, V]
 
-    # Equal log-probs and gradients (fp32): ours, fused and fast against the per-position baseline, and the
+    # Equal log-probs and gradients (fp32): ours, checkpointed and fast against the per-position baseline, and the
     # rollout's recorded sampling log-probs against the exact scores (what reuse_sampling_logprobs relies on).
     checks = report["checks"]
     assert checks["rollout_sampling_logps_vs_baseline_exact_max_abs"] < 1e-5
@@ -82,7 +83,18 @@ def test_reference_baseline_and_lengths(bench):
     assert int(lengths.min()) >= 32 and int(lengths.max()) <= 256
 
     argv = ["--model", "tiny", "--batch_size", "3", "--prompt_length", "5", "--gen_length", "6", "--chunk_size", "4"]
-    argv += ["--repeats", "1", "--warmup", "0", "--memory", "off", "--baseline", "reference", "--no-fused", "--quiet"]
+    argv += [
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--memory",
+        "off",
+        "--baseline",
+        "reference",
+        "--no-checkpointed",
+        "--quiet",
+    ]
     report = bench.run(argv)
     assert report["config"]["baseline"] == "reference"
     assert all(r["peak_memory_bytes"] is None for r in report["results"].values())

@@ -121,7 +121,10 @@ def test_logprobs_equal_brute_force_oracle(stop_heavy_model, tmp_path):
     assert delta <= 1e-5
 
 
-def trainer_gradients(trainer, prompts, completions, advantages, tokens) -> dict[str, torch.Tensor]:
+def trainer_gradients(trainer, prompts, completions, advantages, tokens, chunked=False) -> dict[str, torch.Tensor]:
+    """The gradient of one micro-batch as the Trainer takes it: `compute_loss` then `backward`. `chunked=False` runs
+    TRL's `_compute_loss` (checkpointed chunks, one backward); `chunked=True` the `chunked_backward` path, which
+    backpropagates all chunks but the last inside `compute_loss`."""
     prompt_ids_, prompt_mask, completion_ids, completion_mask = trl_batch(prompts, completions, tokens.pad_id)
     inputs = {
         "prompt_ids": prompt_ids_,
@@ -133,7 +136,11 @@ def trainer_gradients(trainer, prompts, completions, advantages, tokens) -> dict
     }
     trainer.model.zero_grad()
     trainer.model.train()
-    trainer._compute_loss(trainer.model, inputs).backward()
+    if chunked:
+        assert trainer._chunked_backward_blocker is None, trainer._chunked_backward_blocker
+        trainer.compute_loss(trainer.model, inputs).backward()
+    else:
+        trainer._compute_loss(trainer.model, inputs).backward()
     return {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()}
 
 
@@ -150,8 +157,9 @@ def plain_justgrpo_gradients(model, prompts, completions, advantages, tokens, lo
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked_backward", "checkpointed"])
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
-def test_gradient_equals_plain_loop_for_every_chunk_size(stop_heavy_model, tmp_path, loss_type):
+def test_gradient_equals_plain_loop_for_every_chunk_size(stop_heavy_model, tmp_path, loss_type, chunked):
     model, tokenizer, tokens = stop_heavy_model
     trainer = make_trainer(model, tokenizer, tmp_path, loss_type=loss_type)
     prompts = prompt_ids(tokenizer)[:4]
@@ -159,12 +167,15 @@ def test_gradient_equals_plain_loop_for_every_chunk_size(stop_heavy_model, tmp_p
     assert len({len(c) for c in completions}) >= 2
     advantages = torch.tensor([1.0, -0.5, 0.25, -0.75])
     expected = plain_justgrpo_gradients(model, prompts, completions, advantages, tokens, loss_type)
+    path = "chunked_backward" if chunked else "checkpointed"
     for chunk_size in (1, 3, 64):
         trainer.args.logprob_chunk_size = chunk_size
-        got = trainer_gradients(trainer, prompts, completions, advantages, tokens)
+        got = trainer_gradients(trainer, prompts, completions, advantages, tokens, chunked=chunked)
         num = sum((got[n] - expected[n]).pow(2).sum() for n in expected).sqrt()
         den = sum(expected[n].pow(2).sum() for n in expected).sqrt()
-        print(f"\n[test 3] {loss_type}, chunk {chunk_size}: relative gradient error = {(num / den).item():.3e}")
+        print(
+            f"\n[test 3] {loss_type}, {path}, chunk {chunk_size}: relative gradient error = {(num / den).item():.3e}"
+        )
         assert den > 0 and (num / den).item() <= 1e-4
         for name in expected:  # every parameter tensor, not only the total
             assert (got[name] - expected[name]).norm() <= 1e-4 * expected[name].norm() + 1e-9, name
@@ -277,7 +288,10 @@ def test_non_diffusion_model_is_rejected(tmp_path, tiny_tokenizer):
         make_trainer(llama, tiny_tokenizer, tmp_path)
 
 
-def test_justgrpo_fast_equals_the_plain_loop_on_the_top_entropy_tokens_only(stop_heavy_model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked_backward", "checkpointed"])
+def test_justgrpo_fast_equals_the_plain_loop_on_the_top_entropy_tokens_only(
+    stop_heavy_model, tmp_path, monkeypatch, chunked
+):
     model, tokenizer, tokens = stop_heavy_model
     quantile = 0.25
     trainer = make_trainer(
@@ -300,14 +314,14 @@ def test_justgrpo_fast_equals_the_plain_loop_on_the_top_entropy_tokens_only(stop
     import justgrpo_trl.trainer as trainer_module
 
     scored = []
-    original = trainer_module.score_canvases
 
-    def counting_score(module, canvases, **kwargs):
-        scored.append(canvases.num_canvases)
-        return original(module, canvases, **kwargs)
+    class CountingCanvases(trainer_module.ARScoringCanvases):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            scored.append(self.num_canvases)
 
-    monkeypatch.setattr(trainer_module, "score_canvases", counting_score)
-    got = trainer_gradients(trainer, prompts, completions, advantages, tokens)
+    monkeypatch.setattr(trainer_module, "ARScoringCanvases", CountingCanvases)
+    got = trainer_gradients(trainer, prompts, completions, advantages, tokens, chunked=chunked)
     assert scored == [sum(map(sum, selected))] and scored[0] < sum(map(len, completions)) / 2
     num = sum((got[n] - expected[n]).pow(2).sum() for n in expected).sqrt()
     den = sum(expected[n].pow(2).sum() for n in expected).sqrt()

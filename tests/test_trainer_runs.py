@@ -186,14 +186,13 @@ def _model_with_scaled_head(checkpoint: str, stop_scale: float, other_scale: flo
 
 def test_mask_truncated_completions_with_some_truncated(tmp_path, tiny_checkpoint, monkeypatch):
     scored_per_row = []
-    original = JustGRPOTrainer._get_per_token_logps_and_entropies
+    original = JustGRPOTrainer._compute_loss
 
-    def spy(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        if torch.is_grad_enabled():
-            scored_per_row.append(attention_mask[:, -logits_to_keep:].sum(1))
-        return original(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+    def spy(self, model, inputs):
+        scored_per_row.append(inputs["completion_mask"].sum(1))
+        return original(self, model, inputs)
 
-    monkeypatch.setattr(JustGRPOTrainer, "_get_per_token_logps_and_entropies", spy)
+    monkeypatch.setattr(JustGRPOTrainer, "_compute_loss", spy)
     model = _model_with_scaled_head(tiny_checkpoint, stop_scale=25.0)  # stop logits +- 4: P(stop) varies widely
     trainer, before = run_training(tmp_path, model, mask_truncated_completions=True, per_device_train_batch_size=8)
     scored = torch.cat(scored_per_row)

@@ -1,0 +1,147 @@
+"""Backpropagate JustGRPO's loss one scoring chunk at a time.
+
+With token-level importance sampling, TRL's GRPO losses are sums of per-token terms `w_t * l(log p_t)`. The weights
+`w_t` (completion mask, loss normaliser) and the constants of `l` (advantage, old and reference log-probs, clipping
+range, entropy mask) are all known before any token is scored. So the gradient at a token depends on that token's
+log-prob only, and each chunk's share of the loss can be backpropagated as soon as the chunk is scored, then its
+activations freed. The gradient is the same sum, but this saves two costs of one checkpointed graph over all chunks:
+
+* the activation-checkpoint recompute (one forward per chunk);
+* the second, parameter-sized gradient buffer (autograd sums a parameter's gradient over all chunks before
+  `AccumulateGrad` runs).
+
+`TokenLoss` restates `GRPOTrainer._compute_loss` (TRL 1.16) term by term for these losses. The trainer still runs
+TRL's own `_compute_loss` once, on the scored values, for the loss value and the metrics, and checks that the two
+agree. Sequence-level importance sampling, `vespo`, the off-policy mask, an entropy mask from the current entropies
+and the entropy bonus couple tokens together; they keep the checkpointed path (`estimators.score_canvases`).
+"""
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from .collators import ARScoringCanvases, ScoringChunk
+
+CLIPPED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+SEPARABLE_LOSS_TYPES = (*CLIPPED_LOSS_TYPES, "cispo", "sapo")
+
+
+def loss_weights(
+    loss_type: str,
+    mask: torch.Tensor,
+    *,
+    accumulation_steps: int,
+    max_completion_length: int,
+    num_items_in_batch: torch.Tensor | None = None,
+    num_processes: int = 1,
+    steps_per_generation: int = 1,
+) -> torch.Tensor:
+    """`[B, T]` weight of each token's term in TRL's training loss: the mask over the loss type's normaliser."""
+    mask = mask.float()
+    batch = mask.size(0)
+    if loss_type in ("grpo", "sapo"):  # mean over each sequence's tokens, then over sequences
+        return mask / mask.sum(-1, keepdim=True).clamp(min=1.0) / batch / accumulation_steps
+    if loss_type == "bnpo":  # mean over the micro-batch's tokens
+        return mask / mask.sum().clamp(min=1.0) / accumulation_steps
+    if loss_type == "dr_grpo":  # a constant normaliser
+        return mask / (batch * max_completion_length) / accumulation_steps
+    if loss_type == "luspo":  # sum over tokens, mean over sequences
+        return mask / batch / accumulation_steps
+    if loss_type in ("dapo", "cispo"):  # mean over the generation batch's tokens, across processes
+        normaliser = num_items_in_batch.clamp(min=1.0) / num_processes
+        return mask / (normaliser * accumulation_steps / steps_per_generation)
+    raise ValueError(f"loss_type={loss_type!r} is not a sum of per-token terms; use chunked_backward=False.")
+
+
+@dataclass
+class TokenLoss:
+    """TRL's per-token GRPO loss term, weighted, for the (row, col) tokens of one chunk.
+
+    `old_logps=None` is TRL's on-policy case (old = current, detached): the ratio is 1 and its gradient is that of
+    `log p`. `policy_mask` multiplies the policy term only, as TRL's entropy mask does.
+    """
+
+    loss_type: str
+    weights: torch.Tensor
+    advantages: torch.Tensor
+    old_logps: torch.Tensor | None = None
+    ref_logps: torch.Tensor | None = None
+    policy_mask: torch.Tensor | None = None
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2
+    delta: float | None = None
+    beta: float = 0.0
+    bias_corrected_kl: bool = False
+    sapo_temperature_pos: float = 1.0
+    sapo_temperature_neg: float = 1.0
+
+    def __post_init__(self):
+        if self.loss_type not in SEPARABLE_LOSS_TYPES:
+            raise ValueError(f"loss_type={self.loss_type!r} is not a sum of per-token terms.")
+        if self.advantages.dim() == 1:
+            self.advantages = self.advantages[:, None]
+        self.advantages = self.advantages.expand_as(self.weights)
+        if self.beta != 0.0 and self.ref_logps is None:
+            raise ValueError("beta != 0 needs the reference log-probs.")
+
+    def __call__(self, logps: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        advantages = self.advantages[rows, cols]
+        old = logps.detach() if self.old_logps is None else self.old_logps[rows, cols]
+        ratio = torch.exp(logps - old)
+        if self.loss_type == "cispo":
+            term = -torch.clamp(ratio, max=self.epsilon_high).detach() * advantages * logps
+        elif self.loss_type == "sapo":
+            temperatures = torch.where(advantages > 0, self.sapo_temperature_pos, self.sapo_temperature_neg)
+            term = -torch.sigmoid(temperatures * (ratio - 1)) * 4 / temperatures * advantages
+        else:
+            clipped = torch.clamp(ratio, 1 - self.epsilon_low, 1 + self.epsilon_high)
+            unclipped = ratio if self.delta is None else torch.clamp(ratio, max=self.delta)
+            term = -torch.min(unclipped * advantages, clipped * advantages)
+        if self.policy_mask is not None:
+            term = term * self.policy_mask[rows, cols]
+        if self.beta != 0.0:
+            log_ref_ratio = self.ref_logps[rows, cols] - logps
+            kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1
+            term = term + self.beta * (kl * ratio if self.bias_corrected_kl else kl)
+        return (term * self.weights[rows, cols]).sum()
+
+
+def backward_chunk_by_chunk(
+    forward: Callable[[ScoringChunk], tuple[torch.Tensor, torch.Tensor]],
+    canvases: ARScoringCanvases,
+    token_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    backward: Callable[[torch.Tensor], None],
+    no_sync: Callable[[], AbstractContextManager] = nullcontext,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Score each chunk (`forward` returns its `[C]` log-probs and entropies, with gradient) and backpropagate its
+    share of the loss at once, every chunk but the last inside `no_sync` (DDP reduces once, in the last backward).
+
+    The last chunk's loss is returned still attached, for the caller's own backward. A batch with nothing to score
+    runs one dummy chunk with weight 0, so that every parameter still gets a (zero) gradient and DDP still reduces.
+
+    Returns `(logps, entropies, loss_value, last_loss)`: the scored values `[B, T]` (0 elsewhere) and the loss
+    value, detached, then the last chunk's loss.
+    """
+    shape, device = (canvases.batch_size, canvases.completion_width), canvases.completions.device
+    logps, entropies = torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+    total = torch.zeros((), device=device)
+    num_chunks = max(len(canvases), 1)
+    for index in range(num_chunks):
+        real = index < len(canvases)
+        chunk = canvases.chunk(index) if real else canvases.views(*(canvases.rows.new_zeros(1),) * 2)
+        last = index == num_chunks - 1
+        with nullcontext() if last else no_sync():
+            chunk_logps, chunk_entropies = forward(chunk)
+            if real:
+                loss = token_loss(chunk_logps, chunk.rows, chunk.cols)
+            else:
+                loss = 0.0 * (chunk_logps.sum() + chunk_entropies.sum())
+            if not last:
+                backward(loss)
+        if real:
+            logps[chunk.rows, chunk.cols] = chunk_logps.detach().float()
+            entropies[chunk.rows, chunk.cols] = chunk_entropies.detach().float()
+            total = total + loss.detach()
+    return logps, entropies, total, loss
