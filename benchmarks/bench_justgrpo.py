@@ -116,14 +116,23 @@ def forward_flops(model: LLaDAModelLM, seq: int, logit_rows: int) -> float:
     """Model FLOPs of one forward of one canvas of `seq` tokens with logits at `logit_rows` positions.
 
     `2 * N_trunk * seq` (matmuls of the blocks) + `4 * n_layers * d_model * seq**2` (QK^T and AV) +
-    `2 * d_model * vocab * logit_rows` (output head). A backward costs twice the forward (factor 3 in total).
+    `2 * d_model * vocab * logit_rows` (output head). With fewer logit rows than positions (per-row
+    `logits_to_keep`), the last block runs its query, attention output, MLP and attention only at the kept rows, so
+    those terms count `logit_rows` positions in that block. A backward costs twice the forward (factor 3 in total).
     Norms, RoPE and softmaxes are not counted.
     """
     config = model.config
-    n_trunk = sum(p.numel() for p in model.model.transformer.blocks.parameters() if p.dim() == 2)
+    blocks = model.model.transformer.blocks
+    n_trunk = sum(p.numel() for p in blocks.parameters() if p.dim() == 2)
     attention = 4 * config.n_layers * config.d_model * seq * seq
     head = 2 * config.d_model * config.embedding_size * logit_rows
-    return 2.0 * n_trunk * seq + attention + head
+    flops = 2.0 * n_trunk * seq + attention + head
+    if logit_rows < seq:  # the pruned last block
+        last = blocks[-1]
+        per_row = sum(p.numel() for p in last.parameters() if p.dim() == 2)
+        per_row -= last.k_proj.weight.numel() + last.v_proj.weight.numel()  # keys and values run at every position
+        flops -= (seq - logit_rows) * (2.0 * per_row + 4 * config.d_model * seq)
+    return flops
 
 
 class ForcedStopModel(nn.Module):

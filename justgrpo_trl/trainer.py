@@ -7,6 +7,10 @@
 * `_get_per_token_logps_and_entropies`: the exact log-prob of each completion token under the same masking
   (`collators.ARScoringCanvases`), packed in chunks and checkpointed one chunk at a time.
 
+In training, `compute_loss` goes one step further where the loss allows it (`chunked_backward`, the default): each
+chunk's share of the loss is backpropagated as soon as the chunk is scored, and TRL's `_compute_loss` then runs on
+the scored values for the loss value and the metrics.
+
 Everything else (chat templates, rewards, advantages, every loss type, KL with a reference model or a PEFT adapter,
 `num_iterations`, `steps_per_generation`, entropy masking, logging) is TRL's own code. The comparison estimators
 (`estimator="diffu_grpo"|"agrpo"`, see `estimators.py`) and the run-reliability features (`reliability.py`) add a few
