@@ -108,7 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     if command == "run":
-        return _run(argv)
+        status = _run(argv)
+        import torch.distributed
+
+        if torch.distributed.is_initialized():  # left to interpreter shutdown, a gloo group can abort a rank
+            torch.distributed.destroy_process_group()
+        return status
     if command == "compare":
         return _compare(argv)
     return _analyze(command, argv)
