@@ -605,29 +605,7 @@ class JustGRPOTrainer(GRPOTrainer):
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         canvases, entropies_override, fast_mask = self._ar_canvases(input_ids, attention_mask, prompt_width)
-        token_loss = TokenLoss(
-            loss_type=self.loss_type,
-            weights=loss_weights(
-                self.loss_type,
-                inputs["completion_mask"],
-                accumulation_steps=self.current_gradient_accumulation_steps,
-                max_completion_length=self.max_completion_length,
-                num_items_in_batch=inputs.get("num_items_in_batch"),
-                num_processes=self.accelerator.num_processes,
-                steps_per_generation=self.args.steps_per_generation,
-            ),
-            advantages=inputs["advantages"],
-            old_logps=inputs.get("old_per_token_logps"),
-            ref_logps=inputs.get("ref_per_token_logps"),
-            policy_mask=fast_mask,
-            epsilon_low=self.epsilon_low,
-            epsilon_high=self.epsilon_high,
-            delta=self.args.delta,
-            beta=self.beta,
-            bias_corrected_kl=self.args.use_bias_correction_kl,
-            sapo_temperature_pos=self.args.sapo_temperature_pos,
-            sapo_temperature_neg=self.args.sapo_temperature_neg,
-        )
+        token_loss = self._token_loss(inputs, policy_mask=fast_mask)
         score = partial(
             target_logps,
             mask_id=self.special_tokens.mask_id,
@@ -656,6 +634,32 @@ class JustGRPOTrainer(GRPOTrainer):
                 "on the same log-probs: this TRL version computes the loss differently. Set chunked_backward=False."
             )
         return loss.detach() + (last - last.detach())
+
+    def _token_loss(self, inputs, policy_mask: torch.Tensor | None = None) -> TokenLoss:
+        """This micro-batch's loss as TRL's `_compute_loss` would compute it, term by term (`chunked_backward.py`)."""
+        return TokenLoss(
+            loss_type=self.loss_type,
+            weights=loss_weights(
+                self.loss_type,
+                inputs["completion_mask"],
+                accumulation_steps=self.current_gradient_accumulation_steps,
+                max_completion_length=self.max_completion_length,
+                num_items_in_batch=inputs.get("num_items_in_batch"),
+                num_processes=self.accelerator.num_processes,
+                steps_per_generation=self.args.steps_per_generation,
+            ),
+            advantages=inputs["advantages"],
+            old_logps=inputs.get("old_per_token_logps"),
+            ref_logps=inputs.get("ref_per_token_logps"),
+            policy_mask=policy_mask,
+            epsilon_low=self.epsilon_low,
+            epsilon_high=self.epsilon_high,
+            delta=self.args.delta,
+            beta=self.beta,
+            bias_corrected_kl=self.args.use_bias_correction_kl,
+            sapo_temperature_pos=self.args.sapo_temperature_pos,
+            sapo_temperature_neg=self.args.sapo_temperature_neg,
+        )
 
     def _compute_loss(self, model, inputs):
         """TRL's loss; for diffu-GRPO, under the current inner iteration's mask seed and its old/ref log-probs."""

@@ -7,7 +7,7 @@ from test_trainer_exact import make_trainer, prompt_ids, rollout, trainer_gradie
 from trl import GRPOTrainer
 
 import justgrpo_trl.trainer as trainer_module
-from justgrpo_trl.chunked_backward import SEPARABLE_LOSS_TYPES, TokenLoss, loss_weights
+from justgrpo_trl.chunked_backward import SEPARABLE_LOSS_TYPES, loss_weights
 
 B, T = 4, 6
 LENGTHS = [6, 3, 1, 5]
@@ -41,7 +41,8 @@ CASES = [
 @pytest.mark.parametrize("on_policy", [True, False], ids=["on_policy", "off_policy"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_token_loss_equals_trl_compute_loss(stop_heavy_model, tmp_path, case, on_policy):
-    """Value and gradient with respect to every log-prob, against `GRPOTrainer._compute_loss` itself."""
+    """The trainer's per-token loss (`_token_loss`, as the chunked path builds it), term by term and chunk by chunk:
+    value and gradient with respect to every log-prob, against `GRPOTrainer._compute_loss` itself."""
     model, tokenizer, _ = stop_heavy_model
     trainer = make_trainer(model, tokenizer, tmp_path, gradient_accumulation_steps=2, **case)
     trainer.model.train()
@@ -66,28 +67,7 @@ def test_token_loss_equals_trl_compute_loss(stop_heavy_model, tmp_path, case, on
     if trainer.top_entropy_quantile < 1.0:
         policy_mask = trainer.get_high_entropy_mask(batch["entropies"], mask, 1 - trainer.top_entropy_quantile)
         assert 0 < policy_mask.sum() < mask.sum()
-    token_loss = TokenLoss(
-        loss_type=trainer.loss_type,
-        weights=loss_weights(
-            trainer.loss_type,
-            mask,
-            accumulation_steps=trainer.current_gradient_accumulation_steps,
-            max_completion_length=trainer.max_completion_length,
-            num_items_in_batch=batch["num_items_in_batch"],
-            steps_per_generation=trainer.args.steps_per_generation,
-        ),
-        advantages=batch["advantages"],
-        old_logps=inputs["old_per_token_logps"],
-        ref_logps=inputs["ref_per_token_logps"],
-        policy_mask=policy_mask,
-        epsilon_low=trainer.epsilon_low,
-        epsilon_high=trainer.epsilon_high,
-        delta=trainer.args.delta,
-        beta=trainer.beta,
-        bias_corrected_kl=trainer.args.use_bias_correction_kl,
-        sapo_temperature_pos=trainer.args.sapo_temperature_pos,
-        sapo_temperature_neg=trainer.args.sapo_temperature_neg,
-    )
+    token_loss = trainer._token_loss(inputs, policy_mask=policy_mask)
     rows, cols = mask.nonzero(as_tuple=True)
     ours, got_grad = 0.0, torch.zeros(B, T)
     for start in range(0, rows.numel(), 4):  # chunk by chunk, as the trainer does
