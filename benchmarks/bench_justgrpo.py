@@ -277,18 +277,7 @@ def high_entropy_mask(entropies: torch.Tensor, mask: torch.Tensor, quantile: flo
 
 def fill_scoring_inputs(work: Workload, quantile: float) -> None:
     """Run our rollout once and keep its completions, sampling log-probs and entropies as the scoring inputs."""
-    generator = torch.Generator(device=work.prompt_ids.device).manual_seed(work.seed + 1)
-    with torch.no_grad(), work.autocast():
-        out = ar_decode(
-            work.model,
-            work.prompts,
-            gen_length=work.gen_length,
-            mask_id=work.mask_id,
-            stop_ids=work.stop_ids,
-            pad_id=work.pad_id,
-            temperature=work.temperature,
-            generator=generator,
-        )
+    out = rollout_ours(work)  # the timed rollout phase, same seed
     got = torch.tensor([len(c) for c in out.completion_ids], device=work.lengths.device)
     if not torch.equal(got, work.lengths):
         raise RuntimeError(f"The forced stop did not hold: lengths {got.tolist()} != {work.lengths.tolist()}.")
