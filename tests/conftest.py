@@ -48,3 +48,12 @@ def stop_heavy_model(tiny_checkpoint):
         for stop_id in tokens.stop_ids:
             head[stop_id] = torch.randn(head.size(1), generator=generator) * 0.4
     return model.eval(), tokenizer, tokens
+
+
+@pytest.fixture
+def single_thread():
+    """The tiny model's matmuls are far faster on one thread (thread hand-offs dominate on a busy 2-core runner)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

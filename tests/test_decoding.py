@@ -61,13 +61,7 @@ def peaked_table(preferred: list[int], strength: list[float]) -> torch.Tensor:
 KWARGS = dict(mask_id=MASK, stop_ids=[STOP], pad_id=PAD)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """The tiny model's matmuls are far faster on one thread (thread hand-offs dominate on a busy 2-core runner)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # every test on one torch thread (see conftest)
 
 
 # ---------------------------------------------------------------------------------------------------------------

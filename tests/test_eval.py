@@ -11,7 +11,6 @@ from itertools import combinations
 from pathlib import Path
 
 import pytest
-import torch
 
 from justgrpo_trl.decoding import DecodeOutput, ar_decode
 from justgrpo_trl.eval import main
@@ -53,13 +52,7 @@ ORACLE_ANSWERS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """The tiny model's matmuls are far faster on one thread (thread hand-offs dominate on a busy 2-core runner)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # every test on one torch thread (see conftest)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:
