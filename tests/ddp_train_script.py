@@ -1,6 +1,7 @@
 """Two-step JustGRPO run for the multi-process test (`tests/test_trainer_runs.py::test_ddp_two_processes`).
 
-Launched once per rank by `accelerate launch`/`torchrun`. Usage: `ddp_train_script.py CHECKPOINT OUTPUT_DIR`.
+Launched once per rank by `accelerate launch`/`torchrun`. Usage: `ddp_train_script.py CHECKPOINT OUTPUT_DIR
+[--nan_loss_on_rank0]`; the flag makes rank 0's loss NaN in the second step (rank 1's stays finite).
 Each rank writes `OUTPUT_DIR/rank{N}.pt` with its parameters before and after training, the prompts its reward
 function saw, the world size, and whether the model was wrapped in DDP.
 """
@@ -20,7 +21,7 @@ from justgrpo_trl import JustGRPOConfig, JustGRPOTrainer  # noqa: E402
 PROMPTS = ["hello", "the quick brown", "what is 12 + 30?", "fox", "Natalia sold clips", "def add(a, b):"]
 
 
-def main(checkpoint: str, output_dir: str) -> None:
+def main(checkpoint: str, output_dir: str, nan_loss_on_rank0: bool = False) -> None:
     seen_prompts: list[str] = []
 
     def mean_codepoint(prompts, completions, **kwargs):
@@ -48,6 +49,14 @@ def main(checkpoint: str, output_dir: str) -> None:
         args=args,
         train_dataset=Dataset.from_dict({"prompt": PROMPTS * 4}),
     )
+    if nan_loss_on_rank0 and trainer.accelerator.process_index == 0:
+        compute_loss = trainer._compute_loss
+
+        def nan_in_second_step(model, inputs):
+            loss = compute_loss(model, inputs)
+            return loss * float("nan") if trainer.state.global_step == 1 else loss
+
+        trainer._compute_loss = nan_in_second_step
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     trainer.train()
     wrapped = trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model
@@ -68,4 +77,4 @@ def main(checkpoint: str, output_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], nan_loss_on_rank0="--nan_loss_on_rank0" in sys.argv[3:])

@@ -202,3 +202,50 @@ def test_justgrpo_fast_and_the_defaults_take_the_chunked_path(stop_heavy_model, 
     assert make_trainer(model, tokenizer, tmp_path)._chunked_backward_blocker is None
     fast = make_trainer(model, tokenizer, tmp_path, justgrpo_fast=True, top_entropy_quantile=0.25)
     assert fast._chunked_backward_blocker is None
+
+
+def test_every_chunk_but_the_last_backpropagates_inside_no_sync(stop_heavy_model, tmp_path, monkeypatch):
+    """Under DDP each backward outside `no_sync` all-reduces the gradients: only the last chunk's may do so. The
+    gradient would be the same without `no_sync`, so this is checked on the calls themselves."""
+    from contextlib import contextmanager
+
+    model, tokenizer, tokens = stop_heavy_model
+    trainer = make_trainer(model, tokenizer, tmp_path, logprob_chunk_size=3)
+    prompts = prompt_ids(tokenizer)[:4]
+    completions, _ = rollout(trainer, prompts)
+    prompt_ids_, prompt_mask, completion_ids, completion_mask = trl_batch(prompts, completions, tokens.pad_id)
+    inputs = {
+        "prompt_ids": prompt_ids_,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": torch.tensor([1.0, -0.5, 0.25, -0.75]),
+        "num_items_in_batch": completion_mask.sum(),
+        "old_per_token_logps": None,
+        "ref_per_token_logps": None,
+    }
+    inside = [False]
+    backward_calls = []
+
+    @contextmanager
+    def recording_no_sync(wrapped):
+        assert wrapped is trainer.model
+        inside[0] = True
+        try:
+            yield
+        finally:
+            inside[0] = False
+
+    def recording_backward(loss, **kwargs):
+        backward_calls.append(inside[0])
+        loss.backward()
+
+    monkeypatch.setattr(trainer.accelerator, "no_sync", recording_no_sync)
+    monkeypatch.setattr(trainer.accelerator, "backward", recording_backward)
+    trainer.model.train()
+    assert trainer._chunked_backward_blocker is None
+    loss = trainer.compute_loss(trainer.model, inputs)
+    num_chunks = -(-int(completion_mask.sum()) // 3)
+    assert num_chunks >= 3
+    assert backward_calls == [True] * (num_chunks - 1)
+    assert loss.requires_grad  # the last chunk is left to the Trainer's own backward, outside no_sync

@@ -90,6 +90,50 @@ def test_diffu_grpo_old_and_reference_logprobs_follow_each_iterations_seed(stop_
             torch.testing.assert_close(ref[row, iteration, : len(values)], torch.tensor(values), rtol=0, atol=1e-5)
 
 
+def test_diffu_grpo_trains_each_micro_batch_under_its_inner_iterations_seed(tmp_path, tiny_checkpoint):
+    """With steps_per_generation=2 a generation batch is split in two micro-batches, each trained num_iterations
+    times: steps 0, 1 are inner iteration 0 and steps 2, 3 inner iteration 1. With the learning rate at 0 the
+    weights never move, so the log-probs of each training forward must equal the old log-probs recorded under that
+    iteration's mask seed, and differ from the other iteration's."""
+    from test_trainer_runs import run_training
+
+    calls = []
+
+    def capture(trainer):
+        compute_loss, score = trainer._compute_loss, trainer._get_per_token_logps_and_entropies
+
+        def compute_loss_spy(model, inputs):
+            calls.append({"old": inputs["old_per_token_logps_per_iteration"], "mask": inputs["completion_mask"]})
+            return compute_loss(model, inputs)
+
+        def score_spy(*args, **kwargs):
+            logps, entropies, aux = score(*args, **kwargs)
+            if torch.is_grad_enabled():
+                calls[-1]["new"] = logps.detach().clone()
+            return logps, entropies, aux
+
+        trainer._compute_loss, trainer._get_per_token_logps_and_entropies = compute_loss_spy, score_spy
+
+    overrides = dict(
+        estimator="diffu_grpo",
+        num_iterations=2,
+        steps_per_generation=2,
+        gradient_accumulation_steps=1,
+        p_mask_prompt=0.6,
+        learning_rate=0.0,
+        max_steps=4,
+        block_length=4,
+        diffusion_steps=4,
+        chunked_backward=False,
+    )
+    run_training(tmp_path, tiny_checkpoint, on_trainer=capture, **overrides)
+    assert len(calls) == 4 and all("new" in call for call in calls)
+    for step, call in enumerate(calls):
+        iteration, mask = step // 2, call["mask"].bool()
+        assert (call["new"] - call["old"][:, iteration]).abs()[mask].max() <= 1e-5, step
+        assert (call["new"] - call["old"][:, 1 - iteration]).abs()[mask].max() > 1e-3, step
+
+
 # --------------------------------------------------------------------------- AGRPO
 
 

@@ -241,6 +241,24 @@ def test_crash_while_saving_leaves_no_checkpoint_that_looks_complete(tmp_path, t
     assert (output_dir / "checkpoint-2" / "optimizer.pt").exists()
 
 
+def test_each_epoch_has_its_own_order_and_a_fresh_sampler_replays_it(tmp_path, tiny_checkpoint):
+    """The resume contract of the prompt sampler: epoch e's order depends on (seed, e) only. A run resumed in a later
+    epoch builds a fresh sampler and jumps to that epoch: it must replay the uninterrupted run's order, and every
+    epoch must still get a shuffle of its own, as TRL's sampler gives."""
+    dataset = Dataset.from_dict({"prompt": [f"prompt {i}" for i in range(16)]})
+    trainer = trainer_for(tmp_path, tiny_checkpoint, dataset=dataset)
+
+    def order(sampler, epoch: int) -> tuple[int, ...]:
+        sampler.set_epoch(epoch)
+        return tuple(sampler)
+
+    running = trainer._get_train_sampler(dataset)
+    orders = [order(running, epoch) for epoch in range(3)]
+    assert len(set(orders)) == 3, "each epoch must be shuffled anew"
+    assert order(trainer._get_train_sampler(dataset), 2) == orders[2]
+    assert order(trainer._get_train_sampler(dataset), 1) == orders[1]
+
+
 # --------------------------------------------------------------------------- multi-process: crash, resume, load
 
 

@@ -44,8 +44,11 @@ def chat_dataset(n: int = 16) -> Dataset:
     return Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in (PROMPTS * n)[:n]]})
 
 
-def run_training(tmp_path, model, dataset=None, peft_config=None, reward_funcs=ascii_fraction, **overrides):
-    """Train 2 steps; return the trainer and a copy of every parameter taken just before training."""
+def run_training(
+    tmp_path, model, dataset=None, peft_config=None, reward_funcs=ascii_fraction, on_trainer=None, **overrides
+):
+    """Train 2 steps; return the trainer and a copy of every parameter taken just before training. `on_trainer` is
+    called with the trainer before training starts (to install spies)."""
     config = dict(
         output_dir=str(tmp_path / "out"),
         use_cpu=True,
@@ -69,6 +72,8 @@ def run_training(tmp_path, model, dataset=None, peft_config=None, reward_funcs=a
         train_dataset=dataset if dataset is not None else plain_dataset(),
         peft_config=peft_config,
     )
+    if on_trainer is not None:
+        on_trainer(trainer)
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     trainer.train()
     return trainer, before
@@ -247,19 +252,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes(tmp_path, tiny_checkpoint):
-    """`accelerate launch` with 2 CPU processes (torch.distributed, gloo): ranks see different prompts, all-reduced
-    gradients keep their parameters identical, and every parameter moves."""
+def launch_ddp_script(output_dir, checkpoint, *flags: str) -> list[dict]:
+    """Run `ddp_train_script.py` on 2 CPU processes; return what each rank saved."""
     script = Path(__file__).with_name("ddp_train_script.py")
     command = [
         *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
         *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
-        *("--main_process_port", str(_free_port()), str(script), tiny_checkpoint, str(tmp_path)),
+        *("--main_process_port", str(_free_port()), str(script), checkpoint, str(output_dir), *flags),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    return [torch.load(output_dir / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+def test_ddp_two_processes(tmp_path, tiny_checkpoint):
+    """`accelerate launch` with 2 CPU processes (torch.distributed, gloo): ranks see different prompts, all-reduced
+    gradients keep their parameters identical, and every parameter moves."""
+    ranks = launch_ddp_script(tmp_path, tiny_checkpoint)
     assert [r["world_size"] for r in ranks] == [2, 2] and all(r["ddp"] for r in ranks)
     assert set(ranks[0]["prompts"]) != set(ranks[1]["prompts"])  # otherwise equal parameters would prove nothing
     names = list(ranks[0]["after"])
@@ -270,3 +280,14 @@ def test_ddp_two_processes(tmp_path, tiny_checkpoint):
         assert not torch.equal(ranks[0]["after"][name], ranks[0]["before"][name]), f"did not change: {name}"
     logs = [e for e in ranks[0]["log_history"] if "loss" in e and "train_loss" not in e]
     assert len(logs) == 2 and all("reward" in e and "entropy" in e for e in logs)
+
+
+def test_ddp_a_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path, tiny_checkpoint):
+    """Rank 0's loss is NaN in step 2, rank 1's is finite. The decision to skip is taken across ranks: both skip
+    step 2 (so each counts one skip, summed to 2 in the logs), and their parameters stay identical."""
+    ranks = launch_ddp_script(tmp_path, tiny_checkpoint, "--nan_loss_on_rank0")
+    logs = [e for e in ranks[0]["log_history"] if "loss" in e and "train_loss" not in e]
+    assert [e["skipped_steps"] for e in logs] == [0, 2]
+    for name in ranks[0]["after"]:
+        assert torch.equal(ranks[0]["after"][name], ranks[1]["after"][name]), f"ranks diverged: {name}"
+        assert torch.isfinite(ranks[0]["after"][name]).all(), name
