@@ -8,7 +8,7 @@ from .models import LLaDAConfig, LLaDAModelLM, get_spec, register_diffusion_lm
 
 __version__ = "0.1.0"
 
-_LAZY = {"JustGRPOConfig": "trainer", "JustGRPOTrainer": "trainer"}
+_LAZY = {"JustGRPOConfig": "config", "JustGRPOTrainer": "trainer"}
 
 
 def __getattr__(name: str):

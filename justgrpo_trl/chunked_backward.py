@@ -13,14 +13,16 @@ activations freed. The gradient is the same sum, but this saves two costs of one
 `TokenLoss` restates `GRPOTrainer._compute_loss` (TRL 1.16) term by term for these losses. The trainer still runs
 TRL's own `_compute_loss` once, on the scored values, for the loss value and the metrics, and checks that the two
 agree. Sequence-level importance sampling, `vespo`, the off-policy mask, an entropy mask from the current entropies
-and the entropy bonus couple tokens together; they keep the checkpointed path (`estimators.score_canvases`).
+and the entropy bonus couple tokens together; they keep the checkpointed path (`estimators.scoring.score_canvases`).
 """
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from trl import GRPOTrainer
 
 from .collators import ARScoringCanvases, ScoringChunk
 
@@ -145,3 +147,61 @@ def backward_chunk_by_chunk(
             entropies[chunk.rows, chunk.cols] = chunk_entropies.detach().float()
             total = total + loss.detach()
     return logps, entropies, total, loss
+
+
+def chunked_backward_blockers(trainer: GRPOTrainer, chunkable: bool) -> str | None:
+    """Why the chunked backward cannot run with a trainer's settings (None when it can): the estimator must be
+    `chunkable`, the loss a sum of per-token terms, and each chunk's backward a plain (or DDP) backward."""
+    args = trainer.args
+    reasons = {
+        "chunked_backward=False": not args.chunked_backward,
+        f"estimator={args.estimator!r}": not chunkable,
+        "importance_sampling_level='sequence'": trainer.importance_sampling_level != "token",
+        f"loss_type={trainer.loss_type!r}": trainer.loss_type not in SEPARABLE_LOSS_TYPES,
+        "off_policy_mask_threshold is set": trainer.off_policy_mask_threshold is not None,
+        "an entropy mask from the current entropies (top_entropy_quantile < 1 without justgrpo_fast)": (
+            trainer.top_entropy_quantile < 1.0 and not args.justgrpo_fast
+        ),
+        "an entropy bonus": trainer._entropy_bonus_enabled,
+        "a router auxiliary loss": trainer.aux_loss_enabled,
+        "DeepSpeed, whose backward also steps": trainer.is_deepspeed_enabled,
+        "FSDP": trainer.is_fsdp_enabled,
+        "torch.nn.DataParallel (n_gpu > 1)": args.n_gpu > 1,
+    }
+    blockers = [reason for reason, applies in reasons.items() if applies]
+    return ", ".join(blockers) or None
+
+
+def token_loss_for(
+    trainer: GRPOTrainer,
+    inputs: dict[str, Any],
+    policy_mask: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+) -> TokenLoss:
+    """A micro-batch's loss as the trainer's TRL `_compute_loss` would compute it, term by term. `weights` replaces
+    the loss type's per-token weights (an estimator's own normaliser)."""
+    if weights is None:
+        weights = loss_weights(
+            trainer.loss_type,
+            inputs["completion_mask"],
+            accumulation_steps=trainer.current_gradient_accumulation_steps,
+            max_completion_length=trainer.max_completion_length,
+            num_items_in_batch=inputs.get("num_items_in_batch"),
+            num_processes=trainer.accelerator.num_processes,
+            steps_per_generation=trainer.args.steps_per_generation,
+        )
+    return TokenLoss(
+        loss_type=trainer.loss_type,
+        weights=weights,
+        advantages=inputs["advantages"],
+        old_logps=inputs.get("old_per_token_logps"),
+        ref_logps=inputs.get("ref_per_token_logps"),
+        policy_mask=policy_mask,
+        epsilon_low=trainer.epsilon_low,
+        epsilon_high=trainer.epsilon_high,
+        delta=trainer.args.delta,
+        beta=trainer.beta,
+        bias_corrected_kl=trainer.args.use_bias_correction_kl,
+        sapo_temperature_pos=trainer.args.sapo_temperature_pos,
+        sapo_temperature_neg=trainer.args.sapo_temperature_neg,
+    )

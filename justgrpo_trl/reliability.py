@@ -1,7 +1,9 @@
 """What keeps a long run alive and its checkpoints trustworthy: guarded reward functions, non-finite gradient and
-loss handling, and checkpoints that only appear once complete.
+loss handling, a resumable prompt order, and checkpoints that only appear once complete.
 
-The trainer wires these in; each piece is small and testable on its own.
+Each piece is small and testable on its own; `RunReliabilityMixin` wires them into a `GRPOTrainer` subclass through
+the Trainer's own hooks (sampler, training step, optimizer, logging, checkpoint saving), so the trainer that
+inherits it carries none of this code.
 """
 
 import inspect
@@ -14,6 +16,9 @@ from contextlib import contextmanager
 from functools import wraps
 
 import torch
+import transformers.trainer
+import trl.trainer.grpo_trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl.trainer.utils import RepeatSampler
 
@@ -160,3 +165,93 @@ class EpochSeededRepeatSampler(RepeatSampler):
     def set_epoch(self, epoch: int) -> None:
         if self.shuffle and self.seed is not None:
             self.generator.manual_seed(self.seed + epoch)
+
+
+class RunReliabilityMixin:
+    """Run health for a `GRPOTrainer` subclass (put it first among the bases).
+
+    * reward functions guarded (`reward_errors`): a failure names the function and the row, or is contained;
+    * a non-finite micro-batch loss on any process cancels the optimizer step on every process
+      (`skip_nonfinite_loss_steps`), and non-finite gradient entries are zeroed before clipping
+      (`zero_nonfinite_grads`);
+    * the counters of both, and of reward failures, logged summed over processes;
+    * a prompt order that depends only on (seed, epoch), so a resumed run replays the uninterrupted one;
+    * checkpoints written under `tmp-checkpoint-N` and renamed to `checkpoint-N` once complete.
+    """
+
+    def _init_run_health(self, reward_funcs, args) -> list:
+        """Set the counters up and return the guarded reward functions; call before `GRPOTrainer.__init__`."""
+        self._reward_failures: Counter = Counter()
+        self._nonfinite_grad_elements = 0
+        self._skipped_steps = 0
+        self._skip_optimizer_step = False
+        reward_funcs = guard_reward_functions(reward_funcs, args.reward_errors, self._reward_failures)
+        self._guarded_reward_names = list(dict.fromkeys(f.__name__ for f in reward_funcs if hasattr(f, "__wrapped__")))
+        return reward_funcs
+
+    def _get_train_sampler(self, dataset=None):
+        """TRL's prompt sampler, made resumable: each epoch's order depends only on (seed, epoch)."""
+        sampler = super()._get_train_sampler(dataset)
+        sampler.__class__ = EpochSeededRepeatSampler
+        return sampler
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        """TRL's step, then: agree across processes whether this micro-batch's loss was finite (a non-finite one
+        cancels the optimizer step), and zero non-finite gradient entries before clipping."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.is_deepspeed_enabled:
+            return loss
+        if self.args.skip_nonfinite_loss_steps:
+            nonfinite = torch.tensor(float(not torch.isfinite(loss).all()), device=self.accelerator.device)
+            if self.accelerator.reduce(nonfinite, reduction="sum").item() > 0:
+                self._skip_optimizer_step = True
+        if self.args.zero_nonfinite_grads:
+            self._nonfinite_grad_elements += zero_nonfinite_gradients(model.parameters())
+        return loss
+
+    def create_optimizer(self, *args, **kwargs):
+        """The usual optimizer, whose `step` is skipped for an accumulation window that saw a non-finite loss."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if self.is_deepspeed_enabled or getattr(optimizer, "_justgrpo_guarded", False):
+            return optimizer
+        step = optimizer.step
+
+        def guarded_step(*step_args, **step_kwargs):
+            if self._skip_optimizer_step:
+                self._skip_optimizer_step = False
+                self._skipped_steps += 1
+                logger.warning(f"Skipped optimizer step {self.state.global_step + 1}: a loss was not finite.")
+                return None
+            return step(*step_args, **step_kwargs)
+
+        optimizer.step = guarded_step
+        optimizer._justgrpo_guarded = True
+        return optimizer
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's logging, plus the run-health counters (summed over processes, cumulative)."""
+        if self.model.training:
+            names = self._guarded_reward_names  # the same list on every process, so the reduce lines up
+            counts = [self._nonfinite_grad_elements, self._skipped_steps, *(self._reward_failures[n] for n in names)]
+            totals = self.accelerator.reduce(torch.tensor(counts, dtype=torch.float64, device=self.accelerator.device))
+            logs["nonfinite_grad_elements"] = totals[0].item()
+            logs["skipped_steps"] = totals[1].item()
+            for name, total in zip(names, totals[2:].tolist()):
+                logs[f"reward_failures/{name}"] = total
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial):
+        """Write the checkpoint under `tmp-checkpoint-N`, then rename it to `checkpoint-N` once complete, so a crash
+        while saving never leaves a directory that `--resume_from_checkpoint` would take for a checkpoint."""
+        run_dir = self._get_output_dir(trial=trial)
+        step = self.state.global_step
+        staging = os.path.join(run_dir, f"{STAGING_PREFIX}-{step}")
+        final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        with staged_checkpoint_names(transformers.trainer, trl.trainer.grpo_trainer):
+            super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            publish_checkpoint(staging, final)
+            if self.state.best_model_checkpoint == staging:
+                self.state.best_model_checkpoint = final
+        self.accelerator.wait_for_everyone()

@@ -6,7 +6,7 @@ import torch
 from test_trainer_exact import make_trainer, prompt_ids, rollout, trainer_gradients, trl_batch
 from trl import GRPOTrainer
 
-import justgrpo_trl.trainer as trainer_module
+import justgrpo_trl.chunked_backward as chunked_backward_module
 from justgrpo_trl.chunked_backward import SEPARABLE_LOSS_TYPES, loss_weights
 
 B, T = 4, 6
@@ -174,7 +174,7 @@ def test_a_disagreement_with_trl_stops_the_step(stop_heavy_model, tmp_path, monk
     trainer = make_trainer(model, tokenizer, tmp_path)
     prompts = prompt_ids(tokenizer)[:2]
     completions, _ = rollout(trainer, prompts)
-    monkeypatch.setattr(trainer_module, "loss_weights", lambda *a, **k: 2 * loss_weights(*a, **k))
+    monkeypatch.setattr(chunked_backward_module, "loss_weights", lambda *a, **k: 2 * loss_weights(*a, **k))
     with pytest.raises(RuntimeError, match="chunked_backward=False"):
         trainer_gradients(trainer, prompts, completions, torch.tensor([1.0, -1.0]), tokens, chunked=True)
 

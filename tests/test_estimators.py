@@ -54,7 +54,7 @@ def test_diffu_grpo_logprobs_equal_a_plain_reimplementation_per_seed(stop_heavy_
     results = {}
     with torch.no_grad():
         for seed in (11, 12):
-            trainer._diffu_seeds, trainer._diffu_iteration = [seed], 0
+            trainer.estimator.seeds, trainer.estimator.iteration = [seed], 0
             logps, _, _ = trainer._get_per_token_logps_and_entropies(
                 trainer.model, input_ids, attention_mask, batch[2].size(1)
             )
@@ -73,7 +73,7 @@ def test_diffu_grpo_old_and_reference_logprobs_follow_each_iterations_seed(stop_
     trainer.model.train()
     torch.manual_seed(0)
     output = trainer._generate_and_score_completions([{"prompt": text} for text in PROMPTS[:1] for _ in range(4)])
-    seeds = trainer._diffu_seeds
+    seeds = trainer.estimator.seeds
     assert len(seeds) == 3 and len(set(seeds)) == 3
     old, ref = output["old_per_token_logps_per_iteration"], output["ref_per_token_logps_per_iteration"]
     assert old.shape[:2] == (4, 3) and ref.shape == old.shape
@@ -153,7 +153,7 @@ def test_agrpo_with_every_step_equals_the_exact_trajectory_logprob(stop_heavy_mo
     logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention_mask, width)
     with torch.no_grad():
         for row, (prompt, completion) in enumerate(zip(prompts, completions)):
-            record = trainer._rollouts[(tuple(prompt), tuple(completion))]
+            record = trainer.estimator.records[(tuple(prompt), tuple(completion))]
             canvas_ids, steps = record["canvas_ids"], record["canvas_steps"]
             trajectory = 0.0
             for j, token in enumerate(completion):  # the state just before token j's step, rebuilt plainly
@@ -162,7 +162,13 @@ def test_agrpo_with_every_step_equals_the_exact_trajectory_logprob(stop_heavy_mo
             assert trajectory == pytest.approx(sum(sampling[row]), abs=1e-4)  # what the sampler recorded
             assert logps[row, : len(completion)].sum().item() == pytest.approx(trajectory, abs=1e-4)
     assert (
-        len({tuple(trainer._rollouts[(tuple(p), tuple(c))]["canvas_steps"]) for p, c in zip(prompts, completions)}) > 1
+        len(
+            {
+                tuple(trainer.estimator.records[(tuple(p), tuple(c))]["canvas_steps"])
+                for p, c in zip(prompts, completions)
+            }
+        )
+        > 1
     )
 
 
@@ -178,7 +184,7 @@ def test_agrpo_gradient_is_unbiased_over_draws_of_the_sampled_steps(stop_heavy_m
     trainer, model, tokenizer, tokens = estimator_trainer(stop_heavy_model, tmp_path, "agrpo", agrpo_num_steps=100)
     trainer.model.train()
     prompts, completions, _ = agrpo_rollout(trainer, tokenizer)
-    records = [trainer._rollouts[(tuple(p), tuple(c))] for p, c in zip(prompts, completions)]
+    records = [trainer.estimator.records[(tuple(p), tuple(c))] for p, c in zip(prompts, completions)]
     assert max(len(set(r["canvas_steps"][: len(c)])) for r, c in zip(records, completions)) >= 2
     advantages = torch.tensor([1.0, -0.5, 0.25, -0.75])
     full = agrpo_gradient(trainer, prompts, completions, advantages, tokens)

@@ -299,7 +299,7 @@ def test_justgrpo_fast_equals_the_plain_loop_on_the_top_entropy_tokens_only(
     )
     prompts = prompt_ids(tokenizer)[:4]
     completions, _ = rollout(trainer, prompts)
-    recorded = [trainer._rollouts[(tuple(p), tuple(c))]["entropies"] for p, c in zip(prompts, completions)]
+    recorded = [trainer.estimator.records[(tuple(p), tuple(c))]["entropies"] for p, c in zip(prompts, completions)]
     threshold = torch.quantile(torch.tensor([e for row in recorded for e in row]), 1 - quantile)
     selected = [[e >= threshold for e in row] for row in recorded]
     advantages = torch.tensor([1.0, -0.5, 0.25, -0.75])
@@ -311,16 +311,16 @@ def test_justgrpo_fast_equals_the_plain_loop_on_the_top_entropy_tokens_only(
                 (-advantage * logp / len(completion) / len(prompts)).backward()
     expected = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
-    import justgrpo_trl.trainer as trainer_module
+    import justgrpo_trl.estimators.scoring as scoring_module
 
     scored = []
 
-    class CountingCanvases(trainer_module.ARScoringCanvases):
+    class CountingCanvases(scoring_module.ARScoringCanvases):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             scored.append(self.num_canvases)
 
-    monkeypatch.setattr(trainer_module, "ARScoringCanvases", CountingCanvases)
+    monkeypatch.setattr(scoring_module, "ARScoringCanvases", CountingCanvases)
     got = trainer_gradients(trainer, prompts, completions, advantages, tokens, chunked=chunked)
     assert scored == [sum(map(sum, selected))] and scored[0] < sum(map(len, completions)) / 2
     num = sum((got[n] - expected[n]).pow(2).sum() for n in expected).sqrt()

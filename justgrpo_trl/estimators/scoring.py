@@ -1,17 +1,20 @@
-"""Per-token log-prob estimators: how a policy's log-probs of sampled completions are computed from the model.
+"""Scoring: the forwards that turn canvases into per-token log-probs and entropies, shared by the estimators.
 
-Pure functions of (module, canvases): the trainer chooses one, wraps the call for DDP/DeepSpeed, and TRL's loss
-does the rest. `score_canvases` is JustGRPO's exact AR-order estimator.
+Pure functions of (module, canvases). The estimators choose which canvases to build (`ar_canvases`) and call these
+through the trainer's wrapped model call. `score_canvases` is JustGRPO's exact AR-order scorer; `score_one_step` is
+diffu-GRPO's single-view scorer.
 """
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .collators import ARScoringCanvases
-from .decoding import logprobs_and_entropy, scaled_logits
+from ..collators import ARScoringCanvases
+from ..decoding import logprobs_and_entropy, scaled_logits
+from .base import EstimatorContext, ModelRun, ScoringBatch
 
 
 def target_logps(
@@ -120,19 +123,37 @@ def score_one_step(
     return (logps + anchor if anchor is not None else logps), entropies
 
 
-def stratified_step_weights(steps: list[int], k: int, generator: torch.Generator | None = None) -> dict[int, float]:
-    """AGRPO's step sampling: split a trajectory's distinct denoising steps (in order) into `k` strata of near-equal
-    size and draw one step uniformly from each. Returns `{chosen step: 1 / inclusion probability}` (the stratum's
-    size), so that summing weighted per-step terms over the chosen steps is unbiased for the sum over all steps.
-    With `k >= len(steps)` every step is chosen with weight 1."""
-    distinct = sorted(set(steps))
-    if k >= len(distinct):
-        return dict.fromkeys(distinct, 1.0)
-    base, extra = divmod(len(distinct), k)
-    weights, start = {}, 0
-    for stratum in range(k):
-        size = base + (stratum < extra)
-        pick = int(torch.randint(size, (1,), generator=generator))
-        weights[distinct[start + pick]] = float(size)
-        start += size
-    return weights
+def ar_canvases(
+    context: EstimatorContext,
+    batch: ScoringBatch,
+    score_mask: torch.Tensor | None = None,
+    trajectory: dict[str, torch.Tensor] | None = None,
+) -> ARScoringCanvases:
+    """The batch's scoring canvases: AR order, or the sampler's own order when `trajectory` holds its `canvas_ids`
+    and `unmask_steps`. Only the (row, position) pairs of `score_mask` (default: the completion mask) are built."""
+    width = batch.prompt_width
+    return ARScoringCanvases(
+        batch.input_ids[:, :width],
+        batch.attention_mask[:, :width],
+        batch.input_ids[:, width:],
+        batch.completion_mask if score_mask is None else score_mask,
+        gen_length=context.args.max_completion_length,
+        mask_id=context.tokens.mask_id,
+        chunk_size=context.args.logprob_chunk_size,
+        logit_shift=context.tokens.logit_shift,
+        **(trajectory or {}),
+    )
+
+
+def exact_logps(
+    context: EstimatorContext, run: ModelRun, canvases: ARScoringCanvases, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`score_canvases` through the wrapped model, with as many forwards as the most loaded sharded rank runs."""
+    score = partial(
+        score_canvases,
+        mask_id=context.tokens.mask_id,
+        temperature=temperature,
+        num_forwards=context.sync_forward_count(len(canvases)),
+        autocast=context.autocast,
+    )
+    return run(score, canvases)

@@ -1,0 +1,141 @@
+"""`JustGRPOConfig`: `GRPOConfig` plus the options of RL on diffusion LMs (kept beside the trainer, as TRL keeps
+`grpo_config.py` beside `grpo_trainer.py`).
+
+Each estimator validates its own options (`Estimator.check_config`); the choices are the keys of
+`estimators.ESTIMATORS`.
+"""
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from .estimators import ESTIMATORS
+from .reliability import REWARD_ERROR_POLICIES
+
+
+@dataclass
+class JustGRPOConfig(GRPOConfig):
+    """`GRPOConfig` plus the knobs of AR-order RL on diffusion LMs.
+
+    Every forward in a rollout and every scored token costs a full-canvas forward, so `max_completion_length`
+    defaults to the paper's 256 rather than TRL's 512.
+    """
+
+    max_completion_length: int | None = field(
+        default=256,
+        metadata={"help": "Canvas length L: the rollout's number of masked slots, and the scoring canvas' length."},
+    )
+    logprob_chunk_size: int = field(
+        default=16,
+        metadata={
+            "help": "Scoring canvases per forward. Memory holds one chunk's activations at a time (see "
+            "`chunked_backward`). Larger is faster, up to memory."
+        },
+    )
+    chunked_backward: bool = field(
+        default=True,
+        metadata={
+            "help": "Backpropagate each scoring chunk's share of the loss right after its forward, instead of "
+            "checkpointing every chunk and running one backward: no recompute and no second gradient-sized buffer, "
+            "same gradient. Applies with estimator='ar_exact' and a loss that is a sum of per-token terms "
+            "(token-level importance sampling, loss_type other than 'vespo', no off-policy mask, no entropy bonus, an "
+            "entropy mask only with justgrpo_fast), on one process or under DDP; elsewhere the checkpointed path runs."
+        },
+    )
+    reuse_sampling_logprobs: bool = field(
+        default=True,
+        metadata={
+            "help": "When TRL needs old log-probs (num_iterations > 1 or steps_per_generation > "
+            "gradient_accumulation_steps), use the log-probs recorded during the rollout instead of a scoring pass. "
+            "They are the same quantity under the same weights (tested to 1e-5 in fp32); turn off to recompute."
+        },
+    )
+
+    estimator: str = field(
+        default="ar_exact",
+        metadata={
+            "help": "How per-token log-probs are estimated. 'ar_exact' (JustGRPO): AR-order rollouts, exact AR-order "
+            "log-probs. 'diffu_grpo' (d1): block-diffusion rollouts, log-probs from one forward with the completion "
+            "masked and prompt tokens masked with p_mask_prompt. 'agrpo': block-diffusion rollouts, each token scored "
+            "in the state it was unmasked in, for agrpo_num_steps sampled denoising steps per trajectory."
+        },
+    )
+    block_length: int = field(
+        default=32, metadata={"help": "diffu_grpo/agrpo rollouts: block length of LLaDA's semi-AR sampler."}
+    )
+    diffusion_steps: int | None = field(
+        default=None,
+        metadata={"help": "diffu_grpo/agrpo rollouts: denoising steps for the whole completion (default L / 2)."},
+    )
+    remasking: str = field(
+        default="low_confidence", metadata={"help": "diffu_grpo/agrpo rollouts: 'low_confidence' or 'random'."}
+    )
+    p_mask_prompt: float = field(
+        default=0.15, metadata={"help": "diffu_grpo: probability of masking each prompt token (fresh per iteration)."}
+    )
+    agrpo_num_steps: int = field(
+        default=24,
+        metadata={"help": "agrpo: denoising steps K sampled (stratified) per trajectory and update; more = exact."},
+    )
+    justgrpo_fast: bool = field(
+        default=False,
+        metadata={
+            "help": "JustGRPO-Fast: train only on the `top_entropy_quantile` highest-entropy positions (the paper "
+            "uses 0.25), chosen by the entropies recorded during the rollout, and never compute the other positions. "
+            "Needs top_entropy_quantile < 1, beta = 0 and no entropy bonus."
+        },
+    )
+
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Longest prompt in tokens; longer ones are handled by `prompt_truncation`. None: no limit."},
+    )
+    prompt_truncation: str = field(
+        default="error",
+        metadata={"help": "'error': stop on a prompt over max_prompt_length; 'left': keep its last tokens and warn."},
+    )
+    reward_errors: str = field(
+        default="raise",
+        metadata={
+            "help": "A reward function that raises or returns a non-finite value: 'raise' stops with an error naming "
+            "the function and the row; 'skip' scores that row None (TRL leaves it out), counts it in the "
+            "`reward_failures/<name>` metric and goes on."
+        },
+    )
+    zero_nonfinite_grads: bool = field(
+        default=True,
+        metadata={
+            "help": "Zero NaN/inf gradient entries before clipping, as the reference recipe does; counted in the "
+            "`nonfinite_grad_elements` metric. Not available under DeepSpeed, which steps inside its backward."
+        },
+    )
+    skip_nonfinite_loss_steps: bool = field(
+        default=True,
+        metadata={
+            "help": "If any micro-batch loss of an optimizer step is NaN/inf on any process, skip that optimizer step "
+            "(counted in `skipped_steps`). Not available under DeepSpeed."
+        },
+    )
+
+    def __post_init__(self):
+        try:
+            super().__post_init__()
+        except ValueError as error:
+            if "divisible by num_generations" not in str(error):
+                raise
+            raise ValueError(
+                f"{error} Each generation batch must hold whole groups: make per_device_train_batch_size x "
+                "gradient_accumulation_steps x number of processes (or generation_batch_size) a multiple of "
+                f"num_generations={self.num_generations}, or change num_generations."
+            ) from error
+        if self.prompt_truncation not in ("error", "left"):
+            raise ValueError(f"prompt_truncation must be 'error' or 'left', got {self.prompt_truncation!r}.")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {tuple(ESTIMATORS)}, got {self.estimator!r}.")
+        if self.justgrpo_fast and self.estimator != "ar_exact":
+            raise ValueError("justgrpo_fast applies to estimator='ar_exact' only.")
+        ESTIMATORS[self.estimator].check_config(self)
+        if self.reward_errors not in REWARD_ERROR_POLICIES:
+            raise ValueError(f"reward_errors must be one of {REWARD_ERROR_POLICIES}, got {self.reward_errors!r}.")
+        if self.logprob_chunk_size < 1:
+            raise ValueError(f"logprob_chunk_size must be >= 1, got {self.logprob_chunk_size}.")

@@ -1,0 +1,38 @@
+"""Estimators: one strategy per method of RL on diffusion LMs, selected by `JustGRPOConfig.estimator`.
+
+| estimator | module | rollout | per-token log-probs |
+|---|---|---|---|
+| `ar_exact` (JustGRPO, -Fast) | `ar_exact.py` | AR order | exact, AR-order canvases |
+| `diffu_grpo` (d1) | `diffu_grpo.py` | block decoding | one forward, completion masked, prompt masked at random |
+| `agrpo` | `agrpo.py` | block decoding | exact, in the sampler's own states, sampled steps |
+
+The protocol is `base.Estimator`; the shared forwards are in `scoring.py`. A new estimator is one module with an
+`Estimator` subclass, plus one line in `ESTIMATORS`.
+"""
+
+from .agrpo import AGRPO, stratified_step_weights
+from .ar_exact import ARExact
+from .base import Estimator, EstimatorContext, ScoringBatch, ScoringPlan
+from .diffu_grpo import DiffuGRPO
+from .scoring import score_canvases, score_one_step, target_logps
+
+ESTIMATORS: dict[str, type[Estimator]] = {
+    ARExact.name: ARExact,
+    DiffuGRPO.name: DiffuGRPO,
+    AGRPO.name: AGRPO,
+}
+
+__all__ = [
+    "AGRPO",
+    "ESTIMATORS",
+    "ARExact",
+    "DiffuGRPO",
+    "Estimator",
+    "EstimatorContext",
+    "ScoringBatch",
+    "ScoringPlan",
+    "score_canvases",
+    "score_one_step",
+    "stratified_step_weights",
+    "target_logps",
+]

@@ -1,0 +1,85 @@
+"""AGRPO: block-diffusion rollouts, each token scored in the partly masked state the sampler unmasked it in.
+
+The trajectory log-prob is the sum over denoising steps of the log-probs of the tokens unmasked at that step. Per
+update, `agrpo_num_steps` steps of each trajectory are sampled (stratified), their states rebuilt from the recorded
+unmasking order and scored exactly; the estimate is importance-weighted so that its gradient is unbiased for the
+full-trajectory gradient. TRL's clipped ratio is taken against the log-probs the sampler recorded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .base import BlockRolloutEstimator, LogProbs, ModelRun, ScoringBatch, recorded
+from .scoring import ar_canvases, exact_logps
+
+if TYPE_CHECKING:
+    from ..config import JustGRPOConfig
+
+
+def stratified_step_weights(steps: list[int], k: int, generator: torch.Generator | None = None) -> dict[int, float]:
+    """AGRPO's step sampling: split a trajectory's distinct denoising steps (in order) into `k` strata of near-equal
+    size and draw one step uniformly from each. Returns `{chosen step: 1 / inclusion probability}` (the stratum's
+    size), so that summing weighted per-step terms over the chosen steps is unbiased for the sum over all steps.
+    With `k >= len(steps)` every step is chosen with weight 1."""
+    distinct = sorted(set(steps))
+    if k >= len(distinct):
+        return dict.fromkeys(distinct, 1.0)
+    base, extra = divmod(len(distinct), k)
+    weights, start = {}, 0
+    for stratum in range(k):
+        size = base + (stratum < extra)
+        pick = int(torch.randint(size, (1,), generator=generator))
+        weights[distinct[start + pick]] = float(size)
+        start += size
+    return weights
+
+
+class AGRPO(BlockRolloutEstimator):
+    """Trajectory log-probs in the sampler's own order, `agrpo_num_steps` sampled steps per update."""
+
+    name = "agrpo"
+    requires_sampling_logprobs = True  # the clipped ratio is taken against the sampler's log-probs
+
+    @classmethod
+    def check_config(cls, args: JustGRPOConfig) -> None:
+        super().check_config(args)
+        if args.beta != 0.0:
+            raise ValueError("estimator='agrpo' scores sampled steps only and has no KL term: set beta=0.")
+
+    def _trajectory(self, records: list[dict | None]) -> dict[str, torch.Tensor]:
+        width, device = self.context.args.max_completion_length, self.context.device
+        return {
+            "canvas_ids": recorded(records, "canvas_ids", width, device, dtype=torch.long),
+            "unmask_steps": recorded(records, "canvas_steps", width, device, dtype=torch.long, fill=-1),
+        }
+
+    def logps(self, run: ModelRun, batch: ScoringBatch) -> LogProbs:
+        """With gradient: the sampled-steps estimate. Without (evaluation): the exact trajectory log-probs, every
+        step scored."""
+        records = self.recorded_rows(batch)
+        if torch.is_grad_enabled():
+            return self._sampled_steps_logps(run, batch, records)
+        canvases = ar_canvases(self.context, batch, trajectory=self._trajectory(records))
+        return exact_logps(self.context, run, canvases, batch.temperature)
+
+    def _sampled_steps_logps(self, run: ModelRun, batch: ScoringBatch, records: list[dict | None]) -> LogProbs:
+        """Sample `agrpo_num_steps` denoising steps per trajectory (stratified), score the tokens unmasked at those
+        steps in the state the sampler saw them in, with gradient weight 1 / inclusion probability; every other token
+        keeps its constant sampling log-prob. The gradient is unbiased for the full-trajectory gradient."""
+        args, device = self.context.args, self.context.device
+        completion_mask = batch.completion_mask
+        steps = recorded(records, "canvas_steps", args.max_completion_length, device, dtype=torch.long, fill=-1)
+        weights = torch.zeros(completion_mask.shape, device=completion_mask.device)
+        for row, length in enumerate(completion_mask.sum(1).tolist()):
+            row_steps = steps[row, :length].tolist()
+            chosen = stratified_step_weights(row_steps, args.agrpo_num_steps)
+            weights[row, :length] = torch.tensor([chosen.get(step, 0.0) for step in row_steps])
+        selected = (weights > 0) & completion_mask.bool()
+        canvases = ar_canvases(self.context, batch, selected.long(), trajectory=self._trajectory(records))
+        logps, entropies = exact_logps(self.context, run, canvases, batch.temperature)
+        sampling = recorded(records, "logprobs", completion_mask.size(1), device)
+        weighted = weights * logps + (1 - weights) * logps.detach()  # value log p, gradient weight * grad log p
+        return torch.where(selected, weighted, sampling + 0.0 * logps), entropies

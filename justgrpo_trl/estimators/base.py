@@ -1,0 +1,233 @@
+"""The estimator protocol: what a method of RL on diffusion LMs supplies to the trainer, and what it is lent.
+
+A method (JustGRPO, diffu-GRPO, AGRPO, ...) differs from the others in four places only:
+
+1. how rollouts are sampled, and what the sampler records for later (`Estimator.rollout`);
+2. how the per-token log-probs of a sampled completion are computed from the model (`Estimator.logps`), and, where
+   they are sums over packed canvases, which canvases and per-token weights the loss uses (`Estimator.plan`);
+3. any per-generation-batch state (`start_generation_batch`, `finish_generation_batch`);
+4. any change to TRL's loss: an adjustment of its inputs, or an objective of its own (`Estimator.compute_loss`).
+
+Everything else (rewards, advantages, TRL's loss types, KL, logging) is TRL's. A strategy imports nothing of the
+trainer: it receives an `EstimatorContext` once (the config, the special tokens, the device and the collective
+helpers), and, per call, the wrapped model call (`run`) and the batch. That keeps the import graph one-way:
+trainer -> estimators -> decoding/collators -> model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from ..collators import ARScoringCanvases
+from ..decoding import DecodeOutput, block_decode
+from ..models import SpecialTokens
+
+if TYPE_CHECKING:
+    from ..config import JustGRPOConfig
+
+# `run(function, *args)` calls `function(unwrapped_module, *args)` inside one forward of the DDP/DeepSpeed/FSDP
+# wrapper, however many forwards of the module `function` makes.
+ModelRun = Callable[..., Any]
+LogProbs = tuple[torch.Tensor, torch.Tensor]  # per-token log-probs and entropies, `[B, T]`
+
+
+@dataclass
+class EstimatorContext:
+    """What the trainer lends a strategy once, at construction.
+
+    Attributes:
+        args: the trainer's `JustGRPOConfig` (read live: tests and callbacks may change it).
+        tokens: the model family's special tokens (mask, stop, pad ids, logit shift).
+        device: where per-row records become tensors.
+        autocast: the accelerator's autocast context (bf16/fp16 forwards).
+        sync_forward_count: the largest forward count over the ranks that must run as many forwards (ZeRO-3 and FSDP
+            gather parameters collectively in every forward); the identity elsewhere.
+        high_entropy_mask: TRL's `get_high_entropy_mask(entropies, mask, threshold)`.
+    """
+
+    args: JustGRPOConfig
+    tokens: SpecialTokens
+    device: torch.device
+    autocast: Callable[[], AbstractContextManager]
+    sync_forward_count: Callable[[int], int]
+    high_entropy_mask: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ScoringBatch:
+    """One TRL scoring call: `[prompt | completion]` ids and mask, the prompt's width, TRL's temperature, and whether
+    the policy is in training mode (TRL's old/reference passes run without gradient in training mode)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_width: int
+    temperature: float
+    training: bool
+
+    @property
+    def completion_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_width :]
+
+    @property
+    def completion_mask(self) -> torch.Tensor:
+        return self.attention_mask[:, self.prompt_width :]
+
+
+@dataclass
+class ScoringPlan:
+    """The packed canvases of a batch whose loss is a sum of per-token terms, as the chunked backward needs it.
+
+    Attributes:
+        canvases: the (row, position) pairs to score, packed in chunks.
+        entropies: `[B, T]` entropies to report instead of the scored ones (JustGRPO-Fast: the rollout's), or None.
+        policy_mask: `[B, T]` multiplier of the policy term (JustGRPO-Fast's entropy mask), or None.
+        token_weights: `[B, T]` per-token loss weights replacing the loss type's normaliser, or None for TRL's.
+    """
+
+    canvases: ARScoringCanvases
+    entropies: torch.Tensor | None = None
+    policy_mask: torch.Tensor | None = None
+    token_weights: torch.Tensor | None = None
+
+
+def pad_lists(rows: list[list], width: int, device, dtype=torch.float32, fill=0) -> torch.Tensor:
+    """Per-row lists cut or right-padded into a `[B, width]` tensor on `device`."""
+    out = torch.full((len(rows), width), fill, dtype=dtype)
+    for index, row in enumerate(rows):
+        out[index, : len(row[:width])] = torch.tensor(row[:width], dtype=dtype)
+    return out.to(device)
+
+
+class RolloutRecords:
+    """What the last rollout recorded per completion (entropies, log-probs, a parallel sampler's trajectory), looked
+    up again when TRL scores that completion."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[tuple[int, ...], tuple[int, ...]], dict[str, list | None]] = {}
+
+    def store(self, prompt_ids: list[list[int]], output: DecodeOutput) -> None:
+        self._by_key = {
+            (tuple(prompt), tuple(output.completion_ids[i])): {
+                "entropies": output.entropies[i],
+                "logprobs": output.logprobs[i],
+                "canvas_ids": output.canvas_ids[i] if output.canvas_ids else None,
+                "canvas_steps": output.canvas_steps[i] if output.canvas_steps else None,
+            }
+            for i, prompt in enumerate(prompt_ids)
+        }
+
+    def __getitem__(self, key: tuple[tuple[int, ...], tuple[int, ...]]) -> dict[str, list | None]:
+        return self._by_key[key]
+
+    def rows(self, batch: ScoringBatch, who: str) -> list[dict | None]:
+        """The record of each row of `batch` (None for rows with nothing to score); `who` names the estimator in the
+        error raised for a completion this rollout did not sample."""
+        width = batch.prompt_width
+        lengths = batch.completion_mask.sum(1).tolist()
+        records = []
+        for ids, mask, length in zip(batch.input_ids.tolist(), batch.attention_mask.tolist(), lengths):
+            prompt = tuple(t for t, m in zip(ids[:width], mask[:width]) if m)
+            key = (prompt, tuple(ids[width : width + length]))
+            if length and key not in self._by_key:
+                raise RuntimeError(
+                    f"{who} needs what the rollout recorded, but this completion was not sampled by this trainer's "
+                    "rollout."
+                )
+            records.append(self._by_key.get(key) if length else None)
+        return records
+
+
+def recorded(records: list[dict | None], name: str, width: int, device, dtype=torch.float32, fill=0) -> torch.Tensor:
+    """One recorded per-token list per row (empty for rows without a record) as a `[B, width]` tensor."""
+    return pad_lists([[] if r is None else r[name] for r in records], width, device, dtype=dtype, fill=fill)
+
+
+class Estimator:
+    """Base class of the strategies. Subclasses set `name` and implement `rollout` and `logps`.
+
+    Class attributes:
+        name: the `JustGRPOConfig.estimator` value that selects it.
+        chunkable: its loss is a sum of per-token terms over `plan`'s canvases, so the trainer may backpropagate
+            it chunk by chunk (`chunked_backward.py`).
+        requires_sampling_logprobs: the objective needs the sampler's log-probs as TRL's old log-probs, whatever
+            `reuse_sampling_logprobs` says (AGRPO clips against them).
+    """
+
+    name: ClassVar[str]
+    chunkable: ClassVar[bool] = False
+    requires_sampling_logprobs: ClassVar[bool] = False
+
+    def __init__(self, context: EstimatorContext) -> None:
+        self.context = context
+        self.records = RolloutRecords()
+
+    @classmethod
+    def check_config(cls, args: JustGRPOConfig) -> None:
+        """Refuse option combinations this estimator cannot honour (called from `JustGRPOConfig.__post_init__`)."""
+
+    @property
+    def sampling_logprobs_exact(self) -> bool:
+        """Whether the rollout's recorded log-probs are this estimator's exact log-probs under the sampling weights,
+        so that TRL's old-log-prob pass may reuse them. An approximate sampler (a cached rollout) must say False."""
+        return True
+
+    def rollout(self, model, prompt_ids: list[list[int]], temperature: float) -> DecodeOutput:
+        """Sample one completion per prompt with the unwrapped `model` (no gradient, already in autocast) and record
+        what `logps` will need."""
+        raise NotImplementedError
+
+    def recorded_rows(self, batch: ScoringBatch) -> list[dict | None]:
+        """What the last rollout recorded for each row of `batch` (None for rows with nothing to score)."""
+        args = self.context.args
+        return self.records.rows(batch, who=f"estimator={args.estimator!r} (justgrpo_fast={args.justgrpo_fast})")
+
+    def logps(self, run: ModelRun, batch: ScoringBatch) -> LogProbs:
+        """Per-token log-probs and entropies `[B, T]` of the batch's completions, 0 where the completion mask is 0."""
+        raise NotImplementedError
+
+    def plan(self, batch: ScoringBatch) -> ScoringPlan:
+        """The packed canvases of `batch` and the loss's per-token modifiers (only for `chunkable` estimators)."""
+        raise NotImplementedError(f"estimator={self.name!r} is not chunkable.")
+
+    def start_generation_batch(self) -> None:
+        """Called before TRL generates and scores a new generation batch."""
+
+    def finish_generation_batch(self, output: dict[str, Any]) -> dict[str, Any]:
+        """TRL's generation output, with whatever this estimator adds for its loss (split with the batch by TRL)."""
+        return output
+
+    def compute_loss(
+        self, trl_loss: Callable[[dict[str, Any]], torch.Tensor], inputs: dict[str, Any], iteration: int
+    ) -> torch.Tensor:
+        """The loss of one micro-batch: TRL's `_compute_loss` (`trl_loss`) by default. `iteration` is the inner
+        iteration (of `num_iterations`) being trained. Override to adjust the inputs or to replace the objective."""
+        return trl_loss(inputs)
+
+
+class BlockRolloutEstimator(Estimator):
+    """Base of the methods whose rollouts use LLaDA's semi-AR block decoder (`decoding.block_decode`), recording the
+    trajectory (every slot's token and the step it was unmasked at)."""
+
+    @classmethod
+    def check_config(cls, args: JustGRPOConfig) -> None:
+        args.diffusion_steps = args.diffusion_steps or args.max_completion_length // 2
+
+    def rollout(self, model, prompt_ids: list[list[int]], temperature: float) -> DecodeOutput:
+        args = self.context.args
+        output = block_decode(
+            model,
+            prompt_ids,
+            block_length=args.block_length,
+            steps=args.diffusion_steps,
+            remasking=args.remasking,
+            gen_length=args.max_completion_length,
+            temperature=temperature,
+            **self.context.tokens.decode_kwargs(),
+        )
+        self.records.store(prompt_ids, output)
+        return output
