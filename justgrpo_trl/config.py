@@ -5,12 +5,16 @@ Each estimator validates its own options (`Estimator.check_config`); the choices
 `estimators.ESTIMATORS`.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 
+from transformers.utils import logging
 from trl import GRPOConfig
 
 from .estimators import ESTIMATORS
 from .reliability import REWARD_ERROR_POLICIES
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -132,6 +136,23 @@ class JustGRPOConfig(GRPOConfig):
             raise ValueError(f"prompt_truncation must be 'error' or 'left', got {self.prompt_truncation!r}.")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {tuple(ESTIMATORS)}, got {self.estimator!r}.")
+        if self.generation_kwargs:
+            raise ValueError(
+                f"generation_kwargs={self.generation_kwargs!r} is not applied by the diffusion samplers, which are "
+                "not `model.generate`. Set the sampling options through temperature, top_k, top_p and min_p, and "
+                "leave generation_kwargs unset."
+            )
+        if self.repetition_penalty != 1.0:
+            raise ValueError(
+                f"repetition_penalty={self.repetition_penalty} is not supported: the trainer scores each token under "
+                "the model's own (temperature-scaled, truncated) distribution, and a penalty depending on the other "
+                "tokens would make the sampler's and the scorer's distributions differ. Set repetition_penalty=1.0."
+            )
+        if self.cache_implementation is not None:
+            raise ValueError(
+                f"cache_implementation={self.cache_implementation!r} does not apply: bidirectional attention has no "
+                "KV cache. Leave it unset."
+            )
         if self.justgrpo_fast and self.estimator != "ar_exact":
             raise ValueError("justgrpo_fast applies to estimator='ar_exact' only.")
         ESTIMATORS[self.estimator].check_config(self)
@@ -139,3 +160,36 @@ class JustGRPOConfig(GRPOConfig):
             raise ValueError(f"reward_errors must be one of {REWARD_ERROR_POLICIES}, got {self.reward_errors!r}.")
         if self.logprob_chunk_size < 1:
             raise ValueError(f"logprob_chunk_size must be >= 1, got {self.logprob_chunk_size}.")
+
+    @classmethod
+    def from_grpo_config(cls, args: GRPOConfig) -> "JustGRPOConfig":
+        """A plain `GRPOConfig` (a TRL user's existing config or YAML) as a `JustGRPOConfig`.
+
+        Every field keeps the value it has, except a field still at `GRPOConfig`'s default where
+        `JustGRPOConfig`'s default differs (`max_completion_length`: the canvas length, 256 here): it takes
+        `JustGRPOConfig`'s, and the change is logged. The options only `JustGRPOConfig` has take their defaults.
+        """
+        if isinstance(args, cls):
+            return args
+        values, changes = {}, []
+        for trl_field in dataclasses.fields(GRPOConfig):
+            if not trl_field.init or trl_field.name == "generation_batch_size":
+                continue  # derived again from steps_per_generation, which keeps the user's generation batch
+            value = getattr(args, trl_field.name)
+            ours = _field_default(cls.__dataclass_fields__[trl_field.name])
+            if value == _field_default(trl_field) and ours != value:
+                changes.append(f"{trl_field.name}: {value!r} (GRPOConfig's default) -> {ours!r}")
+                continue
+            values[trl_field.name] = value
+        logger.warning(
+            "JustGRPOTrainer got a GRPOConfig and uses it as a JustGRPOConfig: every field keeps its value"
+            + ("; at JustGRPOConfig's defaults instead: " + ", ".join(changes) if changes else "")
+            + ". Pass a JustGRPOConfig to choose the diffusion options (estimator, logprob_chunk_size, ...)."
+        )
+        return cls(**values)
+
+
+def _field_default(dataclass_field: dataclasses.Field):
+    if dataclass_field.default_factory is not dataclasses.MISSING:
+        return dataclass_field.default_factory()
+    return dataclass_field.default

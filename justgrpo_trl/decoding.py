@@ -12,7 +12,7 @@ and counts forward passes (NFE). They return a `DecodeOutput`: each completion u
 log-prob and entropy of every token when it was chosen and the step at which it was unmasked.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -95,17 +95,49 @@ def logprobs_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return logps, entropy
 
 
+@dataclass(frozen=True)
+class SamplingFilter:
+    """Truncation of the (temperature-scaled) sampling distribution: top-k, nucleus (top-p) and min-p, applied in
+    that order, as transformers' logits warpers apply them. Filtered entries become `-inf`.
+
+    The trainer applies the same filter when it scores a completion, so that the log-probs are those of the
+    distribution the sampler drew from. A token the scorer would filter out but that was sampled (a float-level tie
+    at the boundary) is kept (`keep`), so a sampled token never scores `-inf`.
+    """
+
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+
+    @classmethod
+    def from_options(cls, top_k: int | None, top_p: float | None, min_p: float | None) -> "SamplingFilter | None":
+        """The filter of TRL's options (`top_k=0` and `top_p=1` mean off), or None when nothing is filtered."""
+        options = cls(top_k=top_k or None, top_p=top_p if top_p is not None and top_p < 1.0 else None, min_p=min_p)
+        return options if (options.top_k or options.top_p is not None or options.min_p is not None) else None
+
+    def __call__(self, logits: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """`logits [..., V]` with the filtered entries at `-inf`; `keep [...]` token ids are never filtered."""
+        removed = torch.zeros_like(logits, dtype=torch.bool)
+        if self.top_k:
+            kth = torch.topk(logits, min(self.top_k, logits.size(-1)), dim=-1).values[..., -1:]
+            removed |= logits < kth
+        if self.top_p is not None:
+            sorted_logits, order = torch.sort(logits.masked_fill(removed, float("-inf")), descending=True, dim=-1)
+            probs = torch.softmax(sorted_logits, dim=-1)
+            beyond = probs.cumsum(-1) - probs >= self.top_p  # keep the token that crosses top_p
+            removed |= beyond.scatter(-1, order, beyond)
+        if self.min_p is not None:
+            probs = torch.softmax(logits.masked_fill(removed, float("-inf")), dim=-1)
+            removed |= probs < self.min_p * probs.amax(-1, keepdim=True)
+        if keep is not None:
+            removed = removed.scatter(-1, keep[..., None], False)
+        return logits.masked_fill(removed, float("-inf"))
+
+
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """Standard top-k / nucleus filtering of (already scaled) logits; filtered entries become `-inf`."""
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        remove = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the token that crosses top_p
-        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
-    return logits
+    """Top-k / nucleus filtering of (already scaled) logits; filtered entries become `-inf`."""
+    sampling = SamplingFilter.from_options(top_k, top_p, None)
+    return logits if sampling is None else sampling(logits)
 
 
 def sample_tokens(
@@ -146,17 +178,26 @@ def ar_decode(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    min_p: float | None = None,
     logit_shift: int = 0,
     generator: torch.Generator | None = None,
+    all_done: Callable[[bool], bool] | None = None,
 ) -> DecodeOutput:
     """Autoregressive-order decoding of a masked diffusion LM (JustGRPO's rollout).
 
     Step j runs the canvas `[prompt | c_<j | MASK x (gen_length - j)]` once, reads the logits that score slot j
     (position `P + j - logit_shift`), draws token j and writes it in. This is LLaDA's sampler with
     `block_length=1, steps=gen_length`. A row leaves the batch at its first stop token; the loop ends when all rows
-    have stopped or `gen_length` tokens were drawn. Recorded log-probs use the temperature-scaled distribution
-    without top-k/top-p filtering, i.e. exactly what `JustGRPOTrainer` scores.
+    have stopped or `gen_length` tokens were drawn. Recorded log-probs and entropies are those of the distribution
+    the token was drawn from: temperature-scaled, and truncated by top-k/top-p/min-p when set (`SamplingFilter`),
+    i.e. exactly what `JustGRPOTrainer` scores.
+
+    `all_done(local_done) -> bool` makes the processes of a sharded model (FSDP, ZeRO-3 without gathered weights)
+    run the same number of forwards, since each forward gathers parameters collectively: it is called once per step
+    on every process and says whether every process is done; a process whose rows have all stopped keeps running
+    one-row forwards (their output unused) until then.
     """
+    sampling = SamplingFilter.from_options(top_k, top_p, min_p) if temperature > 0 else None
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device=device)
     canvas, attention_mask = build_canvas(prompt_ids, prompt_mask, gen_length, mask_id)
@@ -169,13 +210,19 @@ def ar_decode(
     active = torch.arange(batch, device=device)
     nfe = 0
     for step in range(gen_length):
-        if active.numel() == 0:
+        position = torch.full((max(active.numel(), 1), 1), prompt_width + step - logit_shift, device=device)
+        done_here = active.numel() == 0
+        if all_done is not None and not all_done(done_here) and done_here:
+            forward_logits(model, canvas[:1], attention_mask[:1], position)  # keeps the collective gathers in step
+            continue
+        if done_here:
             break
-        position = torch.full((active.numel(), 1), prompt_width + step - logit_shift, device=device)
         logits = forward_logits(model, canvas[active], attention_mask[active], position)[:, 0]
         nfe += 1
         logits = scaled_logits(logits, mask_id, temperature if temperature > 0 else 1.0)
-        token = sample_tokens(logits, temperature, generator, top_k, top_p)
+        if sampling is not None:
+            logits = sampling(logits)
+        token = sample_tokens(logits, temperature, generator)
         step_logps, step_entropy = logprobs_and_entropy(logits)
         tokens[active, step] = token
         logps[active, step] = step_logps.gather(-1, token[:, None])[:, 0]

@@ -93,6 +93,8 @@ def guard_reward_function(func: Callable, on_error: str, failures: Counter) -> C
 
 def guard_reward_functions(funcs, on_error: str, failures: Counter) -> list:
     """Guard every plain synchronous function; reward models and async functions are left to TRL."""
+    if funcs is None:
+        return []  # TRL then says "No reward source provided"
     funcs = funcs if isinstance(funcs, list) else [funcs]
     guarded = []
     for func in funcs:

@@ -22,7 +22,7 @@ from functools import partial
 import torch
 from accelerate.utils import gather
 from transformers.utils import logging
-from trl import GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import _ForwardRedirection, unwrap_model_for_generation
 
 from . import validation
@@ -60,10 +60,11 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
     _tag_names = ["trl", "grpo", "justgrpo", "diffusion-lm"]
     _name = "JustGRPO"
 
-    def __init__(self, model, reward_funcs=None, args: JustGRPOConfig | None = None, *pargs, **kwargs):
+    def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, *pargs, **kwargs):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = JustGRPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-JustGRPO")
+        args = JustGRPOConfig.from_grpo_config(args)  # a TRL user's plain GRPOConfig keeps every value it set
         validation.check_supported(args)
         validation.check_trainer_kwargs(kwargs)
         validation.check_dataset(kwargs.get("train_dataset", pargs[0] if pargs else None))
@@ -93,6 +94,7 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
                 autocast=self.accelerator.autocast,
                 sync_forward_count=self._max_across_sharded_ranks,
                 high_entropy_mask=self.get_high_entropy_mask,
+                rollout_all_done=self._all_sharded_ranks_done if self._forwards_are_collective() else None,
             )
         )
         self._forward_redirection = _ForwardRedirection()
@@ -203,14 +205,25 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
                 return None
         return pad_lists(logps, width, self.accelerator.device)
 
+    def _forwards_are_collective(self, generation: bool = True) -> bool:
+        """Under FSDP, and under ZeRO-3 (in generation, unless its weights are gathered for it), every forward
+        gathers parameters collectively, so every rank must run as many forwards."""
+        if self.accelerator.num_processes == 1:
+            return False
+        zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        gathered = generation and self.args.ds3_gather_for_generation
+        return self.is_fsdp_enabled or (zero3 and not gathered)
+
     def _max_across_sharded_ranks(self, count: int) -> int:
-        """Under ZeRO-3 or FSDP each forward gathers parameters collectively, so all ranks must run as many."""
-        sharded = self.is_fsdp_enabled or (
-            self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
-        )
-        if not sharded or self.accelerator.num_processes == 1:
+        """The largest forward count over the ranks whose forwards are collective (`count` elsewhere)."""
+        if not self._forwards_are_collective(generation=False):
             return count
         return int(gather(torch.tensor([count], device=self.accelerator.device)).max())
+
+    def _all_sharded_ranks_done(self, done_here: bool) -> bool:
+        """Whether every rank has finished its rollout (one collective call per decoding step on every rank)."""
+        pending = torch.tensor([0.0 if done_here else 1.0], device=self.accelerator.device)
+        return self.accelerator.reduce(pending, reduction="sum").item() == 0
 
     # ------------------------------------------------------------------ loss
 
@@ -235,6 +248,7 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
             mask_id=self.special_tokens.mask_id,
             temperature=self.temperature,
             autocast=self.accelerator.autocast,
+            sampling=self.estimator.sampling,
         )
 
         def forward(chunk):

@@ -4,7 +4,6 @@ are refused before any compute, with an error that names the fix."""
 from __future__ import annotations
 
 from transformers.utils import logging
-from trl import GRPOConfig
 
 from .config import JustGRPOConfig
 
@@ -21,20 +20,13 @@ UNSUPPORTED_OPTIONS = {
 }
 
 
-def check_supported(args: GRPOConfig) -> None:
+def check_supported(args: JustGRPOConfig) -> None:
     """Reject TRL options that cannot work with a bidirectional diffusion LM, saying why and what to do."""
-    if not isinstance(args, JustGRPOConfig):
-        raise TypeError(f"JustGRPOTrainer needs a JustGRPOConfig, got {type(args).__name__}: use JustGRPOConfig(...).")
     for name, reason in UNSUPPORTED_OPTIONS.items():
         if getattr(args, name, False):
             raise ValueError(f"JustGRPOTrainer does not support `{name}=True`: {reason} Set `{name}=False`.")
     if args.temperature <= 0:
         raise ValueError(f"temperature must be > 0 in RL rollouts (TRL divides logits by it), got {args.temperature}.")
-    if (args.top_k or 0) > 0 or args.top_p < 1.0 or args.min_p is not None:
-        logger.warning(
-            "top_k/top_p/min_p change how rollouts are sampled, but TRL's training log-probs use the full "
-            "temperature-scaled distribution, so the policy gradient is biased. The JustGRPO recipe uses neither."
-        )
 
 
 def check_trainer_kwargs(kwargs: dict) -> None:

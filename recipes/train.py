@@ -27,6 +27,16 @@ class RecipeArguments(ScriptArguments):
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
 
 
+def resume_argument(value: str | bool | None) -> str | bool | None:
+    """`--resume_from_checkpoint true` means "the last checkpoint in output_dir" (`Trainer.train(True)`); the CLI
+    hands it over as the string "true", which `Trainer.train` would take for a path. Other strings are paths."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "none", ""):
+        return None
+    return value
+
+
 def main(argv: list[str] | None = None) -> JustGRPOTrainer:
     parser = TrlParser((RecipeArguments, JustGRPOConfig, ModelConfig))
     if argv is not None:
@@ -53,7 +63,7 @@ def main(argv: list[str] | None = None) -> JustGRPOTrainer:
         train_dataset=train_dataset,
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume_argument(training_args.resume_from_checkpoint))
     trainer.save_model(training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_path or task.dataset_name)

@@ -271,13 +271,6 @@ def test_prompt_beyond_model_length_is_rejected(stop_heavy_model, tmp_path):
         trainer._generate_single_turn([[7] * (model.config.max_sequence_length - GEN_LENGTH + 1)], None, {}, 1)
 
 
-def test_top_p_warns(stop_heavy_model, tmp_path, caplog):
-    model, tokenizer, _ = stop_heavy_model
-    with caplog.at_level("WARNING"):
-        make_trainer(model, tokenizer, tmp_path, top_p=0.9)
-    assert "not reflected" in caplog.text or "biased" in caplog.text
-
-
 def test_non_diffusion_model_is_rejected(tmp_path, tiny_tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 

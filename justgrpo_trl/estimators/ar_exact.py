@@ -8,13 +8,16 @@ trainer may backpropagate it chunk by chunk.
 
 JustGRPO-Fast (`justgrpo_fast=True`): only the `top_entropy_quantile` highest-entropy positions, chosen from the
 entropies the rollout recorded, are scored and trained; the others are never computed.
+
+Sampling options (`top_k`, `top_p`, `min_p`) truncate the rollout's distribution, and the scorer applies the same
+truncation, so the log-probs trained on are those of the distribution each token was drawn from.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..decoding import DecodeOutput, ar_decode
+from ..decoding import DecodeOutput, SamplingFilter, ar_decode
 from .base import Estimator, LogProbs, ModelRun, ScoringBatch, ScoringPlan, recorded
 from .scoring import ar_canvases, exact_logps
 
@@ -47,12 +50,20 @@ class ARExact(Estimator):
             prompt_ids,
             top_k=args.top_k or None,
             top_p=args.top_p,
+            min_p=args.min_p,
             gen_length=args.max_completion_length,
             temperature=temperature,
+            all_done=self.context.rollout_all_done,
             **self.context.tokens.decode_kwargs(),
         )
         self.records.store(prompt_ids, output)
         return output
+
+    @property
+    def sampling(self) -> SamplingFilter | None:
+        """The rollout's top-k/top-p/min-p truncation, applied again when scoring (None: the full distribution)."""
+        args = self.context.args
+        return SamplingFilter.from_options(args.top_k, args.top_p, args.min_p)
 
     def plan(self, batch: ScoringBatch) -> ScoringPlan:
         """Every completion token, or under JustGRPO-Fast the top-entropy ones (with the rollout's entropies, and
@@ -67,5 +78,5 @@ class ARExact(Estimator):
 
     def logps(self, run: ModelRun, batch: ScoringBatch) -> LogProbs:
         plan = self.plan(batch)
-        logps, entropies = exact_logps(self.context, run, plan.canvases, batch.temperature)
+        logps, entropies = exact_logps(self.context, run, plan.canvases, batch.temperature, self.sampling)
         return logps, (entropies if plan.entropies is None else plan.entropies)

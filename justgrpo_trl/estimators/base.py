@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from ..collators import ARScoringCanvases
-from ..decoding import DecodeOutput, block_decode
+from ..decoding import DecodeOutput, SamplingFilter, block_decode
 from ..models import SpecialTokens
 
 if TYPE_CHECKING:
@@ -48,6 +48,9 @@ class EstimatorContext:
         sync_forward_count: the largest forward count over the ranks that must run as many forwards (ZeRO-3 and FSDP
             gather parameters collectively in every forward); the identity elsewhere.
         high_entropy_mask: TRL's `get_high_entropy_mask(entropies, mask, threshold)`.
+        rollout_all_done: for samplers whose forward count depends on the data (early exit): given whether this
+            process is done, whether every process that must run as many forwards is; None where forwards are not
+            collective.
     """
 
     args: JustGRPOConfig
@@ -56,6 +59,7 @@ class EstimatorContext:
     autocast: Callable[[], AbstractContextManager]
     sync_forward_count: Callable[[int], int]
     high_entropy_mask: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    rollout_all_done: Callable[[bool], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,11 @@ class Estimator:
         so that TRL's old-log-prob pass may reuse them. An approximate sampler (a cached rollout) must say False."""
         return True
 
+    @property
+    def sampling(self) -> SamplingFilter | None:
+        """The truncation of the sampling distribution the scorer re-applies (None: the full distribution)."""
+        return None
+
     def rollout(self, model, prompt_ids: list[list[int]], temperature: float) -> DecodeOutput:
         """Sample one completion per prompt with the unwrapped `model` (no gradient, already in autocast) and record
         what `logps` will need."""
@@ -216,6 +225,14 @@ class BlockRolloutEstimator(Estimator):
     @classmethod
     def check_config(cls, args: JustGRPOConfig) -> None:
         args.diffusion_steps = args.diffusion_steps or args.max_completion_length // 2
+        truncation = {"top_k": args.top_k or None, "top_p": args.top_p < 1.0 or None, "min_p": args.min_p}
+        named = [name for name, value in truncation.items() if value is not None]
+        if named:
+            raise ValueError(
+                f"estimator={cls.name!r} does not apply {', '.join(named)}: its block-decoding rollouts sample from "
+                "the full temperature-scaled distribution, and its scoring could not re-apply a truncation decided "
+                "in other canvases. Leave top_k=0, top_p=1.0 and min_p=None, or use estimator='ar_exact'."
+            )
 
     def rollout(self, model, prompt_ids: list[list[int]], temperature: float) -> DecodeOutput:
         args = self.context.args

@@ -13,7 +13,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..collators import ARScoringCanvases
-from ..decoding import logprobs_and_entropy, scaled_logits
+from ..decoding import SamplingFilter, logprobs_and_entropy, scaled_logits
 from .base import EstimatorContext, ModelRun, ScoringBatch
 
 
@@ -27,15 +27,20 @@ def target_logps(
     mask_id: int,
     temperature: float,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
+    sampling: SamplingFilter | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of `targets` and entropies, read at `positions` only (the mask id excluded from the softmax).
+    """Log-probs of `targets` and entropies, read at `positions` only (the mask id excluded from the softmax; with
+    `sampling`, of the truncated distribution the sampler drew from).
 
     `positions` is anything `logits_to_keep` takes (`[C, 1]` per-row positions for packed AR canvases, a 1D range
     for diffu-GRPO's single view); `targets` has the shape of the logits without the vocabulary dim.
     """
     with autocast():
         logits = module(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions).logits
-    logps, entropies = logprobs_and_entropy(scaled_logits(logits, mask_id, temperature))
+    logits = scaled_logits(logits, mask_id, temperature)
+    if sampling is not None:
+        logits = sampling(logits, keep=targets)
+    logps, entropies = logprobs_and_entropy(logits)
     return logps.gather(-1, targets[..., None])[..., 0], entropies
 
 
@@ -55,6 +60,7 @@ def score_canvases(
     temperature: float = 1.0,
     num_forwards: int | None = None,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
+    sampling: SamplingFilter | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact AR-order log-probs and entropies `[B, T]` of every (row, position) pair the canvases hold; 0 elsewhere.
 
@@ -70,7 +76,9 @@ def score_canvases(
         real = index < num_chunks
         chunk = canvases.chunk(index) if real else canvases.views(*(canvases.rows.new_zeros(1),) * 2)
         args = (module, chunk.input_ids, chunk.attention_mask, chunk.positions, chunk.targets[:, None])
-        logps, entropies = _maybe_checkpointed(*args, mask_id=mask_id, temperature=temperature, autocast=autocast)
+        logps, entropies = _maybe_checkpointed(
+            *args, mask_id=mask_id, temperature=temperature, autocast=autocast, sampling=sampling
+        )
         logps, entropies = logps[:, 0], entropies[:, 0]
         if real:
             values.append((chunk, logps, entropies))
@@ -146,7 +154,11 @@ def ar_canvases(
 
 
 def exact_logps(
-    context: EstimatorContext, run: ModelRun, canvases: ARScoringCanvases, temperature: float
+    context: EstimatorContext,
+    run: ModelRun,
+    canvases: ARScoringCanvases,
+    temperature: float,
+    sampling: SamplingFilter | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`score_canvases` through the wrapped model, with as many forwards as the most loaded sharded rank runs."""
     score = partial(
@@ -155,5 +167,6 @@ def exact_logps(
         temperature=temperature,
         num_forwards=context.sync_forward_count(len(canvases)),
         autocast=context.autocast,
+        sampling=sampling,
     )
     return run(score, canvases)

@@ -9,6 +9,7 @@ from .registry import (
     SpecialTokens,
     apply_chat_template_fix,
     get_spec,
+    lora_target_defaults,
     register_diffusion_lm,
     registered_families,
     resolve_special_tokens,
@@ -24,7 +25,20 @@ def register_auto_classes() -> None:
     AutoModelForCausalLM.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)
 
 
+def register_peft_defaults() -> None:
+    """Give peft default LoRA targets for each registered family's `model_type`, so that `LoraConfig()` without
+    `target_modules` (what TRL's `--use_peft` builds) works as it does for Llama. A target list peft already has, or
+    that a user set, is kept."""
+    try:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
+    except ImportError:  # peft is optional for loading and evaluation
+        return
+    for model_type, targets in lora_target_defaults().items():
+        mapping.setdefault(model_type, targets)
+
+
 register_auto_classes()
+register_peft_defaults()
 
 __all__ = [
     "DiffusionLMSpec",
@@ -36,6 +50,7 @@ __all__ = [
     "apply_chat_template_fix",
     "get_spec",
     "register_auto_classes",
+    "register_peft_defaults",
     "register_diffusion_lm",
     "registered_families",
     "resolve_special_tokens",

@@ -4,6 +4,9 @@ Module names match the published checkpoints exactly (`model.transformer.blocks.
 `GSAI-ML/LLaDA-8B-Instruct`, `-Base` and `LLaDA-1.5` load with strict keys and no `trust_remote_code`.
 """
 
+import shutil
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,6 +16,13 @@ from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 from transformers.modeling_utils import slice_logits_to_keep
 
 from .configuration_llada import LLaDAConfig
+
+# What a saved checkpoint's config.json points `trust_remote_code` loading at (the files `save_pretrained` copies).
+SAVED_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_llada.LLaDAConfig",
+    "AutoModel": "modeling_llada.LLaDAModelLM",
+    "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+}
 
 
 class LLaDARMSNorm(nn.Module):
@@ -118,6 +128,17 @@ class LLaDAPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["LLaDABlock"]
     _supports_sdpa = True
     _can_compile_fullgraph = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save, plus this model's code and an `auto_map` (as transformers does for custom models), so
+        that the checkpoint loads with `trust_remote_code=True` where justgrpo_trl is not installed. The code files
+        are copied by name: under FSDP2 the model's class is a subclass torch creates, so following the instance's
+        class (what `register_for_auto_class` does) would copy torch's files instead."""
+        self.config.auto_map = dict(SAVED_CODE_AUTO_MAP)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            for name in ("configuration_llada.py", "modeling_llada.py"):
+                shutil.copyfile(Path(__file__).with_name(name), Path(save_directory) / name)
 
 
 def _expand_attention_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -271,8 +292,12 @@ class LLaDAModelLM(LLaDAPreTrainedModel, GenerationMixin):
         hidden_states = outputs.last_hidden_state
         if not prune:
             hidden_states = slice_logits_to_keep(hidden_states, logits_to_keep)
-        bias = None if self.config.weight_tying else self.model.transformer.ff_out.bias
-        logits = F.linear(hidden_states, self.output_head_weight(), bias)
+        if self.config.weight_tying:
+            logits = F.linear(hidden_states, self.model.transformer.wte.weight)
+        else:
+            # Called as a module, not through its weight: FSDP gathers a unit's parameters when the unit is called,
+            # and a LoRA adapter on the head applies.
+            logits = self.model.transformer.ff_out(hidden_states)
         return CausalLMOutput(logits=logits, hidden_states=outputs.hidden_states)
 
 

@@ -38,6 +38,10 @@ class DiffusionLMSpec:
         default=None, metadata={"help": "Template to install if the tokenizer lacks one."}
     )
     native: bool = field(default=False, metadata={"help": "Whether justgrpo_trl ships a model class for it."})
+    lora_target_modules: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "peft's default LoRA targets for `model_types` (a `LoraConfig` without target_modules)."},
+    )
     notes: str = field(default="", metadata={"help": "What users should know."})
 
 
@@ -75,6 +79,16 @@ def register_diffusion_lm(spec: DiffusionLMSpec, overwrite: bool = False) -> Dif
 
 def registered_families() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def lora_target_defaults() -> dict[str, list[str]]:
+    """`{model_type: default LoRA target modules}` of the families that declare them."""
+    return {
+        model_type: list(spec.lora_target_modules)
+        for spec in _REGISTRY.values()
+        if spec.lora_target_modules
+        for model_type in spec.model_types
+    }
 
 
 def _config_of(model_or_config: Any) -> Any:
@@ -174,6 +188,8 @@ LLADA = register_diffusion_lm(
         attention="bidirectional",
         chat_template=LLAMA3_STYLE_CHAT_TEMPLATE,
         native=True,
+        # The attention projections, as d1's LoRA recipe; not "ff_out", which also names the output head.
+        lora_target_modules=("q_proj", "k_proj", "v_proj"),
         notes="LLaDA-8B-Base/-Instruct and LLaDA 1.5; the mask token is not declared as the tokenizer's mask_token.",
     )
 )
