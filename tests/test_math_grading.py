@@ -334,3 +334,30 @@ def test_reference_compatible_grader(completion, gold, ours, reference):
 
     assert math_equal(extract_answer(completion), gold) is ours
     assert reference_math_equal(completion, gold) is reference
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/task"), reason="needs Linux /proc")
+def test_overrunning_children_are_killed_and_a_dead_server_is_replaced():
+    import os
+    import signal
+
+    from justgrpo_trl.grading import symbolic
+    from justgrpo_trl.grading.math import math_equal_batch
+
+    assert math_equal_batch([("(100!)!", "3"), (r"10^{10^{10}}", "3")], timeout=1.0, max_workers=2) == [False, False]
+    server = symbolic._SERVERS[2]
+    time.sleep(0.2)
+    assert _children(server.process.pid) == []  # nothing left running after the deadline
+    os.killpg(server.process.pid, signal.SIGKILL)  # the server dies (OOM killer, a stray kill)
+    server.process.wait()
+    assert math_equal_batch([(r"\sqrt{8}", r"2\sqrt{2}")], max_workers=2) == [True]
+    assert symbolic._SERVERS[2] is not server

@@ -192,7 +192,7 @@ def compare_batch(
         return results
     workers = max_workers or default_workers()
     try:
-        server = _server(workers)
+        _server(workers)  # start it (if needed) before the deadline starts counting
     except RuntimeError:
         return results
     deadline = time.monotonic() + timeout
@@ -200,6 +200,10 @@ def compare_batch(
     # The first round may use a quarter of the deadline: then ordinary answers are decided even behind many hard ones.
     time_slice = min(_MAX_SLICE, max(_MIN_SLICE, 0.25 * timeout * workers / len(requests)))
     while undecided and time.monotonic() < deadline:
+        try:
+            server = _server(workers)  # a fresh one if the last one died (e.g. killed from outside)
+        except RuntimeError:
+            break
         submitted = [(i, *server.submit(*requests[i], seconds=time_slice, deadline=deadline)) for i in undecided]
         still = []
         for i, request_id, future in submitted:
