@@ -163,7 +163,7 @@ def _server(max_workers: int) -> _ForkServer:
             _SERVERS.clear()
             _SERVERS_PID = os.getpid()
         server = _SERVERS.get(max_workers)
-        if server is None or not server.alive:
+        if server is None or not server.alive or server.process.poll() is not None:
             if server is not None:
                 server.close()
             server = _SERVERS[max_workers] = _ForkServer(max_workers)
@@ -208,7 +208,8 @@ def compare_batch(
         still = []
         for i, request_id, future in submitted:
             try:
-                verdict = future.result(timeout=max(0.0, deadline - time.monotonic()) + 0.5)
+                # The server kills the child at the deadline and answers; the slack covers that reply.
+                verdict = future.result(timeout=max(0.0, deadline - time.monotonic()) + 0.25)
             except FutureTimeout:
                 verdict = None
             if verdict is None:
