@@ -49,6 +49,7 @@ def _config_parser(command: str):
 
 
 def _run(argv: Sequence[str]) -> int:
+    from .evaluation.report import format_accuracy
     from .evaluation.runner import evaluate
 
     (config,) = _config_parser("run").parse_args_into_dataclasses(args=list(argv))
@@ -57,7 +58,7 @@ def _run(argv: Sequence[str]) -> int:
         summary = result.summary
         passk = ", ".join(f"pass@{k} {100 * v:.2f}" for k, v in summary["pass_at_k"].items())
         print(
-            f"{summary['task']} [{summary['decoder']}]: accuracy {100 * summary['accuracy']:.2f}% over "
+            f"{summary['task']} [{summary['decoder']}]: {format_accuracy(summary)} over "
             f"{summary['num_samples']} samples ({passk}); NFE/sample {summary['nfe']['mean_per_sample']:.1f}; "
             f"results in {config.output_dir}"
         )

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .grading.code import build_test_program, extract_code
-from .grading.math import extract_answer, extract_boxed, extract_gsm8k_gold, math_equal
+from .grading.math import extract_answer, extract_boxed, extract_gsm8k_gold, math_equal_batch
 from .grading.sandbox import run_untrusted
 
 __all__ = [
@@ -135,16 +135,15 @@ def _score_math(
     incorrect: float,
     timeout: float,
 ) -> list[float | None]:
-    rewards: list[float | None] = []
-    for i, completion in enumerate(completions):
-        gold = gold_math_answer(
-            answer[i] if answer is not None else None, solution[i] if solution is not None else None
-        )
-        if gold is None:
-            rewards.append(None)
-            continue
-        prediction = extract_answer(completion_text(completion))
-        rewards.append(correct if math_equal(prediction, gold, timeout=timeout) else incorrect)
+    golds = [
+        gold_math_answer(answer[i] if answer is not None else None, solution[i] if solution is not None else None)
+        for i in range(len(completions))
+    ]
+    graded = [i for i, gold in enumerate(golds) if gold is not None]
+    pairs = [(extract_answer(completion_text(completions[i])), golds[i]) for i in graded]
+    rewards: list[float | None] = [None] * len(completions)
+    for i, equal in zip(graded, math_equal_batch(pairs, timeout=timeout)):
+        rewards[i] = correct if equal else incorrect
     return rewards
 
 
@@ -159,7 +158,9 @@ def math_reward(
 
     The answer is extracted as in the d1 / JustGRPO evaluation: last `\\boxed{}`, else "the answer is X", else the
     last number. Gold comes from an `answer` column (GSM8K `#### 42`, or an extracted answer) or a `solution` column
-    (MATH, `\\boxed{}`); see `gold_math_answer`. Equality is `justgrpo_trl.grading.math_equal`. For 1/0 rewards use
+    (MATH, `\\boxed{}`); see `gold_math_answer`. Equality is `justgrpo_trl.grading.math_equal`; the whole call is
+    graded in parallel (bounded by the CPU cores) under one 5 s deadline, so a few answers that never finish cost
+    about 5 s in all and never make an ordinary answer time out. For 1/0 rewards use
     `make_math_reward(correct=1.0, incorrect=0.0)`.
     """
     return _score_math(completions, answer, solution, correct=1.0, incorrect=-1.0, timeout=5.0)
@@ -168,7 +169,8 @@ def math_reward(
 def make_math_reward(
     correct: float = 1.0, incorrect: float = -1.0, *, timeout: float = 5.0, name: str | None = None
 ) -> RewardFunc:
-    """A `math_reward` that gives `correct` / `incorrect`, with `timeout` seconds per comparison.
+    """A `math_reward` that gives `correct` / `incorrect`, with `timeout` seconds for each call's whole batch (one
+    deadline shared by all its comparisons, see `justgrpo_trl.grading.math_equal_batch`).
 
     The returned function's `__name__` is `name`, or `math_reward` for the default values and e.g.
     `math_reward_1_0` otherwise, so that TRL logs it under its own key.

@@ -275,9 +275,15 @@ def test_oracle_decoder_scores_everything_and_the_bar_shows_accuracy(
     summary, records = read_run(out)
     assert summary["accuracy"] == 1.0 and summary["pass_at_k"] == {"1": 1.0} and summary["stopped_fraction"] == 1.0
     assert all(r["correct"] for r in records)
+    captured = capsys.readouterr()
     if rows is GSM8K_ROWS:
         assert [r["gold"] for r in records] == ["42", "24", "11", "1234", "12"]
-    assert "acc=1.000" in capsys.readouterr().err
+        # Both graders: this project's and the reference-compatible one, in the summary and the printed line.
+        assert summary["accuracy_reference"] == 1.0 and all(r["correct_reference"] for r in records)
+        assert "accuracy 100.00% (reference-compatible grader: 100.00%)" in captured.out
+    else:
+        assert summary["accuracy_reference"] is None
+    assert "acc=1.000" in captured.err
 
 
 def test_compare_and_the_order_and_entropy_analyses(tmp_path, tiny_checkpoint, capsys):
@@ -348,3 +354,31 @@ def test_two_processes_evaluate_every_sample_exactly_once(tmp_path, tiny_checkpo
     )
     single = runner.evaluate(config, tiny_model, tiny_tokenizer)
     assert [r["completion"] for r in single.records] == [r["completion"] for r in records]
+
+
+def test_math_grades_carry_the_reference_compatible_verdict(tmp_path):
+    """The project's grader and the paper's rules disagree on purpose (here: the reference accepts x100 of the
+    gold); both verdicts travel with each grade, and code grades have none."""
+    rows = [{"problem": "What is half of one?", "answer": "0.5", "unique_id": "h/1"}]
+    _, problems = load_problems(write_jsonl(tmp_path / "half.jsonl", rows))
+    grades = Grader("math")(problems * 3, ["\\boxed{0.5}", "\\boxed{50}", "\\boxed{7}"])
+    assert [g.correct for g in grades] == [True, False, False]
+    assert [g.reference_correct for g in grades] == [True, True, False]
+    _, problems = load_problems(write_jsonl(tmp_path / "he.jsonl", HUMANEVAL_ROWS))
+    assert Grader("code")(problems[:1], [ORACLE_ANSWERS["`add`"]])[0].reference_correct is None
+
+
+def test_both_accuracies_in_summary_line_and_table():
+    from justgrpo_trl.evaluation.report import format_accuracy, format_table, reference_accuracy
+
+    records = [
+        {"correct": True, "correct_reference": True, "gradable": True},
+        {"correct": False, "correct_reference": True, "gradable": True},
+    ]
+    assert reference_accuracy(records) == 1.0
+    assert reference_accuracy([{"correct": True, "correct_reference": None, "gradable": True}]) is None
+    summary = {"task": "math500", "n": 1, "accuracy": 0.5, "accuracy_reference": 1.0, "nfe": {"mean_per_sample": 4}}
+    assert format_accuracy(summary) == "accuracy 50.00% (reference-compatible grader: 100.00%)"
+    table = format_table([summary], labels=["run"])
+    assert "accuracy (ref.)" in table.splitlines()[0] and "| 50.00 | 100.00 |" in table
+    assert format_accuracy({**summary, "accuracy_reference": None}) == "accuracy 50.00%"

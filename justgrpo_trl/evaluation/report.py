@@ -39,6 +39,23 @@ def pass_at_k_table(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> dic
     return {str(k): mean_pass_at_k(n, c, k) for k in ks if k <= min(n)}
 
 
+def reference_accuracy(records: Sequence[dict[str, Any]]) -> float | None:
+    """Accuracy under the reference-compatible grader, or `None` when the records have no such verdict (code)."""
+    verdicts = [r.get("correct_reference") for r in records]
+    if not verdicts or any(v is None and r.get("gradable", True) for v, r in zip(verdicts, records)):
+        return None
+    return sum(bool(v) for v in verdicts) / len(verdicts)
+
+
+def format_accuracy(summary: dict[str, Any]) -> str:
+    """`"accuracy 45.20% (reference-compatible grader: 46.00%)"`, the second part for math tasks only."""
+    text = f"accuracy {100 * summary['accuracy']:.2f}%"
+    reference = summary.get("accuracy_reference")
+    if reference is not None:
+        text += f" (reference-compatible grader: {100 * reference:.2f}%)"
+    return text
+
+
 def build_summary(config, spec, num_problems: int, records, stats, tokens, duplicates: int = 0) -> dict[str, Any]:
     """Accuracy, pass@k, NFE, throughput and the full configuration of one run."""
     num_tokens = sum(r["num_tokens"] for r in records)
@@ -53,6 +70,8 @@ def build_summary(config, spec, num_problems: int, records, stats, tokens, dupli
         "num_samples": len(records),
         "n": config.n,
         "accuracy": sum(bool(r["correct"]) for r in records) / len(records),
+        # The same samples under the reference-compatible grader (the JustGRPO paper's rules), math tasks only.
+        "accuracy_reference": reference_accuracy(records),
         "pass_at_k": pass_at_k_table(records, config.ks),
         "nfe": {
             "mean_per_sample": statistics.fmean(nfe),
@@ -125,10 +144,11 @@ def run_label(summary: dict[str, Any]) -> str:
 
 
 def format_table(summaries: Sequence[dict[str, Any]], labels: Sequence[str] | None = None) -> str:
-    """A Markdown table of several runs: accuracy, every pass@k any run has, NFE, tokens/s."""
+    """A Markdown table of several runs: accuracy (this project's grader, then the reference-compatible one), every
+    pass@k any run has, NFE, tokens/s."""
     labels = list(labels) if labels else [run_label(s) for s in summaries]
     ks = sorted({int(k) for s in summaries for k in s.get("pass_at_k", {})})
-    header = ["run", "task", "n", "accuracy", *(f"pass@{k}" for k in ks), "NFE/sample", "tokens/s"]
+    header = ["run", "task", "n", "accuracy", "accuracy (ref.)", *(f"pass@{k}" for k in ks), "NFE/sample", "tokens/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, summary in zip(labels, summaries):
         passk = summary.get("pass_at_k", {})
@@ -138,6 +158,7 @@ def format_table(summaries: Sequence[dict[str, Any]], labels: Sequence[str] | No
             summary.get("task", "?"),
             str(summary.get("n", "?")),
             f"{100 * summary['accuracy']:.2f}",
+            f"{100 * summary['accuracy_reference']:.2f}" if summary.get("accuracy_reference") is not None else "-",
             *(f"{100 * passk[str(k)]:.2f}" if str(k) in passk else "-" for k in ks),
             f"{summary['nfe']['mean_per_sample']:.1f}",
             f"{speed:.1f}" if speed else "-",

@@ -276,6 +276,7 @@ def _record(
         "prediction": grade.prediction,
         "gold": grade.gold,
         "correct": grade.correct,
+        "correct_reference": grade.reference_correct,
         "gradable": grade.gradable,
         "num_tokens": len(ids),
         "stopped": bool(ids) and ids[-1] in stop,

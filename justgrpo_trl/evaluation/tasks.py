@@ -18,6 +18,7 @@ from typing import Any
 
 from ..grading.code import extract_code
 from ..grading.math import extract_answer
+from ..grading.reference import reference_extract_answer, reference_gold, reference_math_equal_batch
 from ..rewards import gold_math_answer, make_code_reward, make_math_reward
 
 __all__ = ["TASKS", "GradeResult", "Grader", "Problem", "TaskSpec", "load_problems", "resolve_task"]
@@ -227,22 +228,28 @@ def load_problems(
 
 @dataclass(frozen=True)
 class GradeResult:
-    """The verdict on one completion: `correct`, what was extracted from it, and the gold answer (math only)."""
+    """The verdict on one completion: `correct`, what was extracted from it, and the gold answer (math only).
+
+    For math, `reference_correct` is the verdict of the reference-compatible grader (the JustGRPO paper's rules,
+    `justgrpo_trl.grading.reference`), so that accuracies can be compared with published numbers like for like;
+    it is `None` for code."""
 
     correct: bool
     prediction: str | None
     gold: str | None
     gradable: bool = True
+    reference_correct: bool | None = None
 
 
 class Grader:
-    """Grades completions with the project's TRL reward functions: `math_equal` on the extracted final answer, or
-    the row's tests run in the code sandbox (in parallel)."""
+    """Grades completions with the project's TRL reward functions: `math_equal` on the extracted final answer (and,
+    beside it, the reference-compatible grader), or the row's tests run in the code sandbox (in parallel)."""
 
     def __init__(self, kind: str, math_timeout: float = 5.0, code_timeout: float = 10.0, workers: int | None = None):
         if kind not in ("math", "code"):
             raise ValueError(f"Unknown task kind {kind!r}.")
         self.kind = kind
+        self.math_timeout = math_timeout
         if kind == "math":
             self.reward = make_math_reward(1.0, 0.0, timeout=math_timeout, name="eval_math")
         else:
@@ -252,12 +259,27 @@ class Grader:
         names = MATH_COLUMNS if self.kind == "math" else CODE_COLUMNS
         columns = {name: [p.columns.get(name) for p in problems] for name in names}
         scores = self.reward(prompts=[p.prompt for p in problems], completions=list(completions), **columns)
+        reference: list[bool | None] = [None] * len(problems)
+        if self.kind == "math":
+            golds = [gold_math_answer(p.columns.get("answer"), p.columns.get("solution")) for p in problems]
+            pairs = [
+                (reference_extract_answer(completion), reference_gold(gold) if gold is not None else None)
+                for completion, gold in zip(completions, golds)
+            ]
+            reference = list(reference_math_equal_batch(pairs, timeout=self.math_timeout))
         results = []
-        for problem, completion, score in zip(problems, completions, scores):
+        for i, (completion, score) in enumerate(zip(completions, scores)):
             if self.kind == "math":
-                gold = gold_math_answer(problem.columns.get("answer"), problem.columns.get("solution"))
-                prediction = extract_answer(completion)
+                gold, prediction = golds[i], extract_answer(completion)
             else:
                 gold, prediction = None, extract_code(completion)
-            results.append(GradeResult(bool(score and score > 0), prediction, gold, gradable=score is not None))
+            results.append(
+                GradeResult(
+                    bool(score and score > 0),
+                    prediction,
+                    gold,
+                    gradable=score is not None,
+                    reference_correct=reference[i] if score is not None else None,
+                )
+            )
         return results

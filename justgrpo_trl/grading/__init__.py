@@ -11,6 +11,7 @@ from .math import (
     extract_last_number,
     extract_math_gold,
     math_equal,
+    math_equal_batch,
     normalize_answer,
 )
 from .sandbox import SandboxResult, run_untrusted
@@ -26,6 +27,7 @@ __all__ = [
     "extract_last_number",
     "extract_math_gold",
     "math_equal",
+    "math_equal_batch",
     "normalize_answer",
     "run_untrusted",
     "symbolic_equal",

@@ -1,20 +1,30 @@
 """Answer extraction and answer equivalence for math word problems (GSM8K, MATH).
 
-Extraction follows the order used by the d1 / JustGRPO evaluation scripts: the last `\\boxed{...}` (or `\\fbox{...}`),
-then "the answer is X", then the last number in the text. Equivalence (`math_equal`) first tries cheap string and
-numeric comparisons in-process, then structural comparison of tuples and intervals, and only then asks sympy, which
-runs in a separate worker process under a timeout (see `justgrpo_trl.grading.symbolic`) so that a pathological
-expression cannot hang the caller.
+Extraction follows the order used by the d1 / JustGRPO evaluation scripts: the last `\\boxed{...}` (or
+`\\fbox{...}`), then "the answer is X", then the last number in the text. A last box that is empty or never closed
+(`\\boxed{`, `\\boxed{}`) means the completion has no answer: we do not fall back to a number from the reasoning
+(see `extract_answer`).
+
+Equivalence (`math_equal`, `math_equal_batch`) normalizes both answers (this module), decides what is cheap and
+exact in-process (identical strings, plain numbers, words), and hands everything else to math-verify, which runs
+in processes forked by `justgrpo_trl.grading.symbolic` under one wall-clock deadline per batch. The tolerances:
+
+* integers (and any two exactly written numbers: `0.5`, `1/2`, `\\frac{1}{2}`, `1e400`) compare exactly, as
+  rationals: `12346 != 12345`, and 31-digit integers off by one differ;
+* a decimal against a fraction whose decimal expansion does not terminate (`4.6667` vs `\\frac{14}{3}`) is accepted
+  within a relative 1e-4 (a model cannot write 14/3 as a finite decimal);
+* a `%` on one side lets it also be read as a fraction (`50%` equals `0.5` and `50`);
+* everything else is math-verify's `verify` with its defaults: floats are rounded to 6 decimals, so `0.333333`
+  equals `\\frac{1}{3}` but `0.3333` does not, and `3.14` is not `\\pi`.
 """
 
 from __future__ import annotations
 
-import math
 import re
-import time
+from collections.abc import Sequence
 from fractions import Fraction
 
-from .symbolic import symbolic_equal
+from .symbolic import compare_batch
 
 __all__ = [
     "extract_answer",
@@ -23,6 +33,7 @@ __all__ = [
     "extract_last_number",
     "extract_math_gold",
     "math_equal",
+    "math_equal_batch",
     "normalize_answer",
 ]
 
@@ -31,26 +42,44 @@ _BOXED_COMMANDS = ("\\boxed", "\\fbox")
 # A number as written in prose: optional sign, optional thousands separators, optional decimals, optional "/b"
 # fraction and an optional percent sign. The sign is validated in `extract_last_number` (a "-" right after a word
 # or a digit is a minus or a dash, not a sign).
-_NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?%?|-?\.\d+%?")
+_NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?(?:\\?%)?|-?\.\d+(?:\\?%)?")
 _ANSWER_IS_RE = re.compile(r"answer\s*(?:is|:)\s*:?", re.IGNORECASE)
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)|\n")
 _THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?$")
-_PLAIN_NUMBER_RE = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$")
+_THOUSANDS_ANYWHERE_RE = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d,])")
+_PLAIN_NUMBER_RE = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE]([-+]?\d+))?$")
 _SLASH_FRACTION_RE = re.compile(r"^([-+]?)\(?(\d+(?:\.\d+)?)\)?/\(?(\d+(?:\.\d+)?)\)?$")
 _LATEX_FRACTION_RE = re.compile(r"^([-+]?)\\frac(?:\{([^{}]+)\}\{([^{}]+)\}|(\d)(\d))$")
 _TEXT_COMMAND_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|mbox|operatorname)\s*\{([^{}]*)\}")
 _ASSIGNMENT_RE = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*(?:=|\\in|\\approx|≈)\s*(.+)$", re.DOTALL)
 _UNIT_SUFFIX_RE = re.compile(
-    r"^(?P<value>[-+]?(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?%?|[-+]?\\frac\{\d+\}\{\d+\})"
+    r"^(?P<value>[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:/\d+)?%?|[-+]?\\frac\{\d+\}\{\d+\})"
     r"(?:\s+(?P<words>[a-zA-Z][a-zA-Z.\s]*(?:\^\{?\d\}?)?)"
     r"|(?P<unit>cm|mm|km|kg|mg|ml|mph|kph|ft|yd|lbs?|oz|hrs?|mins?|secs?|sq\s*ft)(?:\^\{?\d\}?)?)$"
 )
 _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|°|\\degree")
-_LATEX_SPACING_RE = re.compile(r"\\left\b|\\right\b|\\[,;:!> ]|\\q?quad\b|~")
+# `\\` (a row break) is matched first so that its second backslash is never read as the start of `\ ` (a space).
+_LATEX_SPACING_RE = re.compile(r"\\\\|\\left\b|\\right\b|\\[,;:> ]|\\q?quad\b|~")
+# A trailing `\text{...}` of words after something else is a unit ("4\pi \text{ square units}", "5\text{ cm}^2").
+_TRAILING_TEXT_UNIT_RE = re.compile(
+    r"^(?P<value>.*\S)\s*\\(?:text|textrm|mathrm|mbox)\s*\{\s*[a-zA-Z][a-zA-Z.\s]*\}\s*(?:\^\s*\{?\s*[23]\s*\}?)?$",
+    re.DOTALL,
+)
+# Brace-less arguments, as MATH's own gold answers write them: `\sqrt13`, `\frac9{19}`, `\frac{270}7`, `\frac12`.
+_SQRT_DIGITS_RE = re.compile(r"\\sqrt\s*(\d+)")
+_FRAC_TWO_DIGITS_RE = re.compile(r"\\frac\s*(\d)\s*(\d)")
+_FRAC_DIGIT_FIRST_RE = re.compile(r"\\frac\s*(\d)\s*\{")
+_FRAC_DIGIT_SECOND_RE = re.compile(r"\\frac\s*\{([^{}]*)\}\s*(\d)")
+_CHOICE_RE = re.compile(r"^\(\s*([A-Ea-e])\s*\)$")
+# `a+bj` (engineering notation) is `a+bi` when `j` is the only letter.
+_J_COMPLEX_RE = re.compile(r"^[\d\s.+\-*/()j]*\dj[\d\s.+\-*/()]*$|^[\d\s.+\-*/()]*[+\-]\s*j$")
 _BIG_DELIMITERS_RE = re.compile(r"\\(?:big|Big|bigg|Bigg)[lr]?\b")
 
-# Relative tolerance of numeric comparisons, as in the reference evaluation scripts.
+# Relative tolerance of a decimal against a fraction whose decimal expansion does not terminate (`4.6667` vs 14/3).
 _REL_TOL = 1e-4
+# A plain number with a larger exponent is left to math-verify (under its deadline): `1e999999999` as an exact
+# rational would take gigabytes.
+_MAX_EXPONENT = 1000
 # Above this length an answer is not worth a symbolic comparison: it is almost surely not a final answer.
 _MAX_SYMBOLIC_CHARS = 400
 
@@ -140,8 +169,31 @@ def _answer_after_phrase(text: str) -> str | None:
     return candidate
 
 
+def _last_box_is_malformed(text: str) -> bool:
+    """Whether the last `\\boxed` / `\\fbox` of `text` opens a group that is empty or never closed."""
+    start = max(text.rfind(command) for command in _BOXED_COMMANDS)
+    if start < 0:
+        return False
+    command = next(c for c in _BOXED_COMMANDS if text.startswith(c, start))
+    rest = text[start + len(command) :].lstrip(" ")
+    if not rest.startswith("{"):
+        return False
+    group = _balanced_group(rest, 0)
+    return group is None or not group[0].strip()
+
+
 def extract_answer(text: str) -> str | None:
-    """The final answer of a completion, in the reference order: last box, "the answer is X", last number."""
+    """The final answer of a completion, in the reference order: last box, "the answer is X", last number.
+
+    A last box that is empty or never closed (`\\boxed{`, typically a completion cut at the length limit, or
+    `\\boxed{}`) gives `None`: the model opened its answer slot and did not fill it, and falling back to the last
+    number would credit a number of the reasoning it never committed to (on LLaDA-8B-Instruct's GSM8K generations
+    that fallback credited about 1.2 points that a strict reading does not). The reference-compatible grader
+    (`justgrpo_trl.grading.reference`) keeps the reference behaviour instead: an unclosed box's content runs to
+    the end of the text.
+    """
+    if _last_box_is_malformed(text):
+        return None
     for extractor in (extract_boxed, _answer_after_phrase, extract_last_number):
         answer = extractor(text)
         if answer:
@@ -198,28 +250,46 @@ def _strip_units(s: str) -> str:
 def normalize_answer(answer: str) -> str:
     """Canonical string form of an answer: no box, `$`, `\\text{}`, spacing macros, degrees, units or assignment.
 
-    Thousands separators of a lone number are removed and `\\%` becomes `%` (kept, so that percentages can be
-    compared numerically). The result is meant for comparison, not display.
+    Thousands separators of a lone number are removed (also MATH's `10,\\!080`) and `\\%` becomes `%` (kept, so
+    that percentages can be compared numerically); brace-less `\\sqrt13` / `\\frac9{19}` get their braces, a
+    trailing unit (`\\text{ cm}^2`, "dollars") is dropped, `\\text{(C)}` becomes `C` and `1+2j` becomes `1+2i`.
+    The result is meant for comparison, not display.
     """
     s = answer.strip()
     s = _unwrap_boxed(s)
     s = s.replace("\\$", "").replace("$", "")
     s = re.sub(r"\\[()\[\]]", "", s)  # \( \) \[ \] display delimiters
+    s = s.replace("\\!", "").replace("{,}", ",")  # `10,\!080`, `10{,}080`: a thousands separator
+    s = s.strip().rstrip(".").strip()
+    while True:  # trailing unit words after a value: `4\pi \text{ square units}`, `\frac{270}7\text{ degrees}`
+        unit = _TRAILING_TEXT_UNIT_RE.match(s)
+        if unit is None:
+            break
+        s = unit.group("value")
     s = _unwrap_text_commands(s)
-    s = _LATEX_SPACING_RE.sub(" ", s)
+    s = _LATEX_SPACING_RE.sub(lambda m: m.group(0) if m.group(0) == "\\\\" else " ", s)
     s = _BIG_DELIMITERS_RE.sub("", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
-    s = s.replace("\\%", "%").replace("\\cdot", "*").replace("\\times", "*").replace("−", "-")
+    s = _SQRT_DIGITS_RE.sub(r"\\sqrt{\1}", s)
+    s = _FRAC_TWO_DIGITS_RE.sub(r"\\frac{\1}{\2}", s)
+    s = _FRAC_DIGIT_FIRST_RE.sub(r"\\frac{\1}{", s)
+    s = _FRAC_DIGIT_SECOND_RE.sub(r"\\frac{\1}{\2}", s)
+    s = s.replace("\\%", "%").replace("\\cdot", "*").replace("\\times", "*").replace("\u2212", "-")
     s = _DEGREE_RE.sub("", s)
     s = _unwrap_braces(re.sub(r"\s+", " ", s).strip().rstrip(".").strip())
     assignment = _ASSIGNMENT_RE.match(s)
     if assignment:
         s = assignment.group(1).strip()
-    for currency in ("USD", "US$", "Rs.", "€", "£", "¥"):
+    for currency in ("USD", "US$", "Rs.", "\u20ac", "\u00a3", "\u00a5"):
         s = s.replace(currency, "")
     s = _strip_units(s.strip())
     if _THOUSANDS_RE.match(s):
         s = s.replace(",", "")
+    choice = _CHOICE_RE.match(s)
+    if choice:  # `\text{(C)}` is the choice `C`
+        s = choice.group(1).upper()
+    if "i" not in s and _J_COMPLEX_RE.match(s):
+        s = s.replace("j", "i")
     return s.strip()
 
 
@@ -228,37 +298,57 @@ def normalize_answer(answer: str) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _parse_number(s: str) -> tuple[float, bool] | None:
-    """`s` as a number and whether it was a percentage; `None` if `s` is not a plain number or simple fraction."""
+def _parse_number(s: str) -> tuple[Fraction, bool] | None:
+    """`s` as an exact rational and whether it was a percentage; `None` if `s` is not a plain number or a simple
+    fraction (`1/2`, `\\frac{1}{2}`), or has an exponent beyond `_MAX_EXPONENT`."""
     percent = s.endswith("%")
     s = s.rstrip("%").strip().replace(" ", "")
     try:
-        if _PLAIN_NUMBER_RE.match(s):
-            return float(s), percent
+        match = _PLAIN_NUMBER_RE.match(s)
+        if match:
+            if match.group(1) is not None and abs(int(match.group(1))) > _MAX_EXPONENT:
+                return None
+            return Fraction(s), percent
         match = _SLASH_FRACTION_RE.match(s)
         if match:
             sign, numerator, denominator = match.groups()
             value = Fraction(numerator) / Fraction(denominator)
-            return float(-value if sign == "-" else value), percent
+            return (-value if sign == "-" else value), percent
         match = _LATEX_FRACTION_RE.match(s)
         if match:
             sign = match.group(1)
             numerator, denominator = match.group(2) or match.group(4), match.group(3) or match.group(5)
             if _PLAIN_NUMBER_RE.match(numerator) and _PLAIN_NUMBER_RE.match(denominator):
                 value = Fraction(numerator) / Fraction(denominator)
-                return float(-value if sign == "-" else value), percent
+                return (-value if sign == "-" else value), percent
     except (ValueError, ZeroDivisionError, OverflowError):
         return None
     return None
 
 
-def _numbers_equal(pred: tuple[float, bool], gold: tuple[float, bool], rel_tol: float) -> bool:
-    """Numeric equality; a side written with `%` may also be read as a fraction (50% == 0.5 == 50)."""
+def _terminates(value: Fraction) -> bool:
+    """Whether `value` has a finite decimal expansion (its reduced denominator has no prime but 2 and 5)."""
+    denominator = value.denominator
+    for prime in (2, 5):
+        while denominator % prime == 0:
+            denominator //= prime
+    return denominator == 1
 
-    def readings(value: float, percent: bool) -> tuple[float, ...]:
+
+def _numbers_equal(pred: tuple[Fraction, bool], gold: tuple[Fraction, bool]) -> bool:
+    """Exact equality of rationals (so distinct integers always differ); a side written with `%` may also be read
+    as a fraction (50% == 0.5 == 50); a decimal may approximate a non-terminating fraction within `_REL_TOL`."""
+
+    def readings(value: Fraction, percent: bool) -> tuple[Fraction, ...]:
         return (value, value / 100) if percent else (value,)
 
-    return any(math.isclose(p, g, rel_tol=rel_tol, abs_tol=1e-9) for p in readings(*pred) for g in readings(*gold))
+    for p in readings(*pred):
+        for g in readings(*gold):
+            if p == g:
+                return True
+            if _terminates(p) != _terminates(g) and abs(p - g) <= _REL_TOL * max(abs(p), abs(g)):
+                return True
+    return False
 
 
 def _split_top_level(s: str) -> list[str] | None:
@@ -280,50 +370,32 @@ def _split_top_level(s: str) -> list[str] | None:
     return items
 
 
-def _as_sequence(s: str) -> tuple[str, list[str]] | None:
-    """`(a, b]` -> ("(]", ["a", "b"]); a bare `a, b` has no brackets (""). `None` if `s` is not a sequence."""
+def _brackets(s: str) -> str | None:
+    """The bracket kinds of a sequence answer: `(]` for `(a, b]`, `\\{\\}` for a set, `""` for a bare `a, b`;
+    `None` if `s` is not a sequence of two or more items."""
     brackets, inner = "", s
     for opening in ("\\{", "(", "["):
         closing = next((c for c in ("\\}", ")", "]") if s.endswith(c)), None)
         if s.startswith(opening) and closing is not None and len(s) > len(opening) + len(closing):
             brackets, inner = opening + closing, s[len(opening) : -len(closing)]
             break
-    items = _split_top_level(inner.replace("\\{", "").replace("\\}", "") if brackets == "\\{\\}" else inner)
+    items = _split_top_level(inner)
     if items is None or len(items) < 2 or not all(items):
         return None
-    return brackets, items
-
-
-def _unordered_equal(pred_items: list[str], gold_items: list[str], deadline: float) -> bool:
-    """Whether each gold element equals a distinct predicted element (lists of solutions, sets)."""
-    remaining = list(pred_items)
-    for gold in gold_items:
-        match = next((pred for pred in remaining if _equal(pred, gold, deadline)), None)
-        if match is None:
-            return False
-        remaining.remove(match)
-    return True
-
-
-def _sequences_equal(pred: tuple[str, list[str]], gold: tuple[str, list[str]], deadline: float) -> bool:
-    """Tuples and intervals compare element-wise and their brackets must agree when both sides have them; sets
-    (`\\{a, b\\}`) and bare lists of solutions (`a, b`) compare in any order."""
-    (pred_brackets, pred_items), (gold_brackets, gold_items) = pred, gold
-    if len(pred_items) != len(gold_items):
-        return False
-    if pred_brackets and gold_brackets and pred_brackets != gold_brackets:
-        return False
-    if {pred_brackets, gold_brackets} <= {"", "\\{\\}"}:
-        return _unordered_equal(pred_items, gold_items, deadline)
-    return all(_equal(p, g, deadline) for p, g in zip(pred_items, gold_items))
+    return brackets
 
 
 def _compact(s: str) -> str:
     return re.sub(r"\s+", "", s).lower()
 
 
-def _equal(pred: str, gold: str, deadline: float) -> bool:
-    """Equivalence of two answers, cheapest check first; the symbolic check gets the time left until `deadline`."""
+def _for_math_verify(s: str) -> str:
+    """A normalized answer back in LaTeX for math-verify (`%` -> `\\%`)."""
+    return re.sub(r"(?<!\\)%", r"\\%", s)
+
+
+def _decide(pred: str, gold: str) -> bool | tuple[str, str]:
+    """The verdict on two raw answers when it is cheap and exact, else the normalized pair for math-verify."""
     pred, gold = normalize_answer(pred), normalize_answer(gold)
     if not pred or not gold:
         return False
@@ -331,38 +403,58 @@ def _equal(pred: str, gold: str, deadline: float) -> bool:
         return True
     pred_number, gold_number = _parse_number(pred), _parse_number(gold)
     if pred_number is not None and gold_number is not None:
-        return _numbers_equal(pred_number, gold_number, _REL_TOL)
-    pred_sequence, gold_sequence = _as_sequence(pred), _as_sequence(gold)
-    if pred_sequence is not None or gold_sequence is not None:
-        return (
-            pred_sequence is not None
-            and gold_sequence is not None
-            and _sequences_equal(pred_sequence, gold_sequence, deadline)
-        )
+        return _numbers_equal(pred_number, gold_number)
     if re.fullmatch(r"[a-zA-Z ]+", pred) and re.fullmatch(r"[a-zA-Z ]+", gold):
-        return False  # two different words (e.g. "yes" / "no"): nothing for sympy to prove
+        return False  # two different words ("yes" / "no"): math-verify would read them as products of symbols
+    pred_brackets, gold_brackets = _brackets(pred), _brackets(gold)
+    if pred_brackets and gold_brackets and pred_brackets != gold_brackets:
+        return False  # a set is not an interval or a tuple, `(a, b)` is not `[a, b]` (math-verify says otherwise)
     if len(pred) > _MAX_SYMBOLIC_CHARS or len(gold) > _MAX_SYMBOLIC_CHARS:
         return False
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        return False
-    return symbolic_equal(pred.replace("%", "/100"), gold.replace("%", "/100"), timeout=remaining, rel_tol=_REL_TOL)
+    return _for_math_verify(pred), _for_math_verify(gold)
+
+
+def math_equal_batch(
+    pairs: Sequence[tuple[str | float | None, str | float | None]],
+    *,
+    timeout: float = 5.0,
+    max_workers: int | None = None,
+) -> list[bool]:
+    """`math_equal` for many (prediction, reference) pairs at once: cheap checks in-process, the rest in parallel
+    (at most `max_workers` at once, default the CPU cores) under ONE deadline `timeout` seconds from now.
+
+    A batch with answers that never finish (`10^{10^{10}}`) therefore costs about one `timeout`, and the ordinary
+    comparisons in it are decided in the first round of short time slices (see `justgrpo_trl.grading.symbolic`).
+    """
+    verdicts: list[bool] = [False] * len(pairs)
+    requests, where = [], []
+    for i, (prediction, reference) in enumerate(pairs):
+        if prediction is None or reference is None:
+            continue
+        decided = _decide(str(prediction), str(reference))
+        if isinstance(decided, bool):
+            verdicts[i] = decided
+        else:
+            requests.append(("verify", *decided))
+            where.append(i)
+    for i, verdict in zip(where, compare_batch(requests, timeout=timeout, max_workers=max_workers)):
+        verdicts[i] = bool(verdict)
+    return verdicts
 
 
 def math_equal(prediction: str | float | None, reference: str | float | None, *, timeout: float = 5.0) -> bool:
     """Whether a predicted final answer equals the reference answer.
 
-    Handles thousands separators, currency and units ("$5", "5 dollars", "5 cm"), percentages ("50%" == 0.5 == 50
-    when one side has `%`), fractions (`\\frac{1}{2}`, `\\dfrac`, `1/2`, 0.5), `\\text{}`, degrees, `x = 5` vs `5`,
-    tuples and intervals element-wise (bracket kinds must agree), and symbolic equivalence (`\\sqrt{8}` vs
-    `2\\sqrt{2}`) through sympy. Numbers are compared with a relative tolerance of 1e-4.
+    Handles thousands separators (`10,\\!080`), currency and units ("$5", "5 dollars", "1,000 dollars",
+    `4\\pi \\text{ square units}`), percentages ("50%" == 0.5 == 50 when one side has `%`), fractions
+    (`\\frac{1}{2}`, `\\frac9{19}`, `1/2`, 0.5), `\\text{}`, `\\text{(C)}` == `C`, degrees, `x = 5` vs `5`, `1+2j`
+    vs `1+2i`, and, through math-verify, symbolic equivalence (`\\sqrt{8}` vs `2\\sqrt{2}`), intervals, tuples, sets
+    and matrices. Distinct integers are never equal; the tolerances are listed in the module docstring.
 
     Args:
         prediction: The extracted answer of a completion (`None` never matches).
         reference: The gold answer.
-        timeout: Seconds allowed for the whole comparison; the symbolic step runs in a worker process that is
+        timeout: Seconds allowed for the whole comparison; the math-verify step runs in a child process that is
             killed when it exceeds the time left, in which case the answer counts as not equal.
     """
-    if prediction is None or reference is None:
-        return False
-    return _equal(str(prediction), str(reference), time.monotonic() + timeout)
+    return math_equal_batch([(prediction, reference)], timeout=timeout)[0]

@@ -1,84 +1,145 @@
-"""Symbolic answer equivalence (sympy) under a hard timeout, safe to call from any thread.
+"""Symbolic answer comparisons (math-verify / sympy) under one hard wall-clock deadline per batch.
 
-sympy can take unbounded time or memory on a pathological expression (e.g. `2^{2^{2^{2^{2^{2}}}}}`), and a Python
-thread cannot be stopped, while `signal.alarm` only works in the main thread. So comparisons run in a small pool of
-long-lived worker processes (`_sympy_worker.py`); a worker that overruns its timeout is killed and replaced, and the
-answer counts as not equal. Workers start lazily; their start-up (importing sympy) is not charged to the timeout.
+sympy can take unbounded time or memory on an adversarial answer (`10^{10^{10}}`, `(100!)!`), a Python thread
+cannot be stopped, and `signal.alarm` only works in the main thread. So every comparison runs in a child forked by
+a long-lived fork server (`_sympy_worker.py`, which imported sympy and math-verify once); a child that overruns is
+killed. At most `max_workers` children (default: the CPU cores) run at once.
+
+Scheduling, so that a batch costs about one timeout and easy comparisons are never starved by hard ones:
+
+* the whole batch shares one deadline (`time.monotonic() + timeout`);
+* it runs in rounds: in the first, every comparison gets a short slice of time (a quarter of the deadline shared
+  out over the batch, between 0.05 and 1 s: an ordinary comparison takes 10-100 ms in a warm fork); the
+  comparisons that overran their slice are started again, from scratch, in the next round with twice the slice,
+  and so on until the deadline. A comparison still undecided at the deadline counts as not equal.
+
+So eight answers that never finish, next to easy ones, cost one deadline in all (not eight), and the easy ones are
+decided in the first round. The fork server's start-up (importing sympy, about a second) is not charged to any
+deadline.
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import os
-import select
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
-__all__ = ["symbolic_equal"]
+__all__ = ["compare_batch", "default_workers", "symbolic_equal"]
 
 _WORKER_SCRIPT = Path(__file__).with_name("_sympy_worker.py")
-# Run the worker by path in isolated mode (`-I`: no current directory on sys.path), then give it the caller's
+# Run the server by path in isolated mode (`-I`: no current directory on sys.path), then give it the caller's
 # sys.path (so a venv or PYTHONPATH install of sympy is found) minus the script's own folder, whose `math.py` would
 # shadow the standard library.
 _BOOTSTRAP = (
-    "import json, runpy, sys; sys.path[:] = json.loads(sys.argv[1]); runpy.run_path(sys.argv[2], run_name='__main__')"
+    "import json, runpy, sys; sys.path[:] = json.loads(sys.argv[1]); script = sys.argv[2]; "
+    "sys.argv[:] = [script, *sys.argv[3:]]; runpy.run_path(script, run_name='__main__')"
 )
 _STARTUP_TIMEOUT = 120.0
+# Bounds of the first round's slice (seconds): an ordinary comparison forks, parses and verifies in 10-100 ms.
+_MIN_SLICE, _MAX_SLICE = 0.05, 1.0
+
+Request = tuple[str, str, str]  # (mode, pred, gold); mode is "verify" (math-verify) or "reference" (sympy)
 
 
-class _Worker:
-    """One worker process and the line protocol to talk to it."""
+def default_workers() -> int:
+    """Comparisons run at once by default: the CPU cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
-    def __init__(self) -> None:
+
+class _ForkServer:
+    """The fork server process and a reader thread that hands its answers to the waiting futures."""
+
+    def __init__(self, max_workers: int) -> None:
         here = _WORKER_SCRIPT.parent.resolve()
         search_path = [str(Path(p).resolve()) for p in sys.path if p and Path(p).resolve() != here]
         self.process = subprocess.Popen(
-            [sys.executable, "-I", "-c", _BOOTSTRAP, json.dumps(search_path), str(_WORKER_SCRIPT)],
+            [sys.executable, "-I", "-c", _BOOTSTRAP, json.dumps(search_path), str(_WORKER_SCRIPT), str(max_workers)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,  # a Ctrl-C in the terminal is the caller's to handle, not the worker's
+            start_new_session=True,  # its own process group (killed as a whole); a terminal Ctrl-C is the caller's
         )
-        self._buffer = b""
-        if self._read_line(_STARTUP_TIMEOUT) != "ready":
-            self.kill()
-            raise RuntimeError("the sympy worker did not start")
-
-    def _read_line(self, timeout: float) -> object | None:
-        """The next JSON line from the worker, or `None` on timeout or if the worker died."""
-        deadline = time.monotonic() + timeout
-        fd = self.process.stdout.fileno()
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                return None
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return None
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
+        self._pending: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self.alive = True
+        ready: Future = Future()
+        self._reader = threading.Thread(target=self._read, args=(ready,), daemon=True)
+        self._reader.start()
         try:
-            return json.loads(line)
-        except ValueError:
-            return None
+            ready.result(timeout=_STARTUP_TIMEOUT)
+        except FutureTimeout:
+            self.close()
+            raise RuntimeError("the symbolic fork server did not start") from None
 
-    def ask(self, pred: str, gold: str, rel_tol: float, timeout: float) -> bool | None:
-        """The worker's verdict, or `None` if it did not answer within `timeout` (the worker is then unusable)."""
-        try:
-            self.process.stdin.write((json.dumps([pred, gold, rel_tol]) + "\n").encode())
-            self.process.stdin.flush()
-        except OSError:
-            return None
-        answer = self._read_line(timeout)
-        return answer if isinstance(answer, bool) else None
+    def _read(self, ready: Future) -> None:
+        for line in self.process.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if message == "ready":
+                ready.set_result(True)
+                continue
+            with self._lock:
+                future = self._pending.pop(message.get("id"), None)
+            if future is not None and not future.done():
+                future.set_result(message.get("result"))
+        # End of output: the server died. Everyone still waiting gets "no answer".
+        self.alive = False
+        if not ready.done():
+            ready.set_result(False)
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_result(None)
 
-    def kill(self) -> None:
+    def submit(self, mode: str, pred: str, gold: str, seconds: float, deadline: float) -> tuple[int, Future]:
+        request_id = next(self._ids)
+        future: Future = Future()
+        message = {"id": request_id, "mode": mode, "pred": pred, "gold": gold, "seconds": seconds}
+        message["deadline"] = deadline
+        with self._lock:
+            self._pending[request_id] = future
+            try:
+                self.process.stdin.write((json.dumps(message) + "\n").encode())
+                self.process.stdin.flush()
+            except (OSError, ValueError):
+                self._pending.pop(request_id, None)
+                future.set_result(None)
+        return request_id, future
+
+    def cancel(self, request_ids: Sequence[int]) -> None:
+        if not request_ids:
+            return
+        with self._lock:
+            for request_id in request_ids:
+                self._pending.pop(request_id, None)
+            try:
+                self.process.stdin.write((json.dumps({"cancel": list(request_ids)}) + "\n").encode())
+                self.process.stdin.flush()
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        """Kill the server and every child it forked (they share its process group)."""
+        self.alive = False
         try:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
         except OSError:
             pass
         self.process.wait()
@@ -89,68 +150,81 @@ class _Worker:
                 pass
 
 
-class _WorkerPool:
-    """At most `size` workers, handed out one caller at a time; overrun workers are killed, not returned."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._reset()
-
-    def _reset(self) -> None:
-        self._pid = os.getpid()
-        self._idle: list[_Worker] = []
-        self._count = 0
-        self._condition = threading.Condition()
-
-    def acquire(self) -> _Worker:
-        if self._pid != os.getpid():  # in a forked child: the parent's workers and lock are not ours
-            self._reset()
-        with self._condition:
-            while not self._idle and self._count >= self.size:
-                self._condition.wait()
-            if self._idle:
-                return self._idle.pop()
-            self._count += 1
-        try:
-            return _Worker()
-        except BaseException:
-            self._discard()
-            raise
-
-    def release(self, worker: _Worker, healthy: bool) -> None:
-        if not healthy:
-            worker.kill()
-            self._discard()
-            return
-        with self._condition:
-            self._idle.append(worker)
-            self._condition.notify()
-
-    def _discard(self) -> None:
-        with self._condition:
-            self._count -= 1
-            self._condition.notify()
-
-    def close(self) -> None:
-        if self._pid != os.getpid():
-            return
-        with self._condition:
-            idle, self._idle = self._idle, []
-        for worker in idle:
-            worker.kill()
+_SERVERS: dict[int, _ForkServer] = {}
+_SERVERS_LOCK = threading.Lock()
+_SERVERS_PID = os.getpid()
 
 
-_POOL = _WorkerPool(size=max(1, min(4, os.cpu_count() or 1)))
-atexit.register(_POOL.close)
+def _server(max_workers: int) -> _ForkServer:
+    """The (lazily started) fork server for `max_workers`; a fresh one after a fork or if the last one died."""
+    global _SERVERS_PID
+    with _SERVERS_LOCK:
+        if _SERVERS_PID != os.getpid():  # in a forked child: the parent's servers are not ours
+            _SERVERS.clear()
+            _SERVERS_PID = os.getpid()
+        server = _SERVERS.get(max_workers)
+        if server is None or not server.alive or server.process.poll() is not None:
+            if server is not None:
+                server.close()
+            server = _SERVERS[max_workers] = _ForkServer(max_workers)
+        return server
 
 
-def symbolic_equal(pred: str, gold: str, *, timeout: float = 5.0, rel_tol: float = 1e-4) -> bool:
-    """Whether two answers (LaTeX, or plain `sqrt(2)/2`-style) are equal for sympy: `simplify(a - b) == 0`, or
-    numerically equal within `rel_tol`. Returns `False` if either does not parse or the check exceeds `timeout`."""
+@atexit.register
+def _close_servers() -> None:
+    if _SERVERS_PID != os.getpid():
+        return
+    for server in list(_SERVERS.values()):
+        server.close()
+    _SERVERS.clear()
+
+
+def compare_batch(
+    requests: Sequence[Request], *, timeout: float = 5.0, max_workers: int | None = None
+) -> list[bool | None]:
+    """Run every comparison of `requests` in the fork server, all under one deadline `timeout` seconds from now.
+
+    Returns, per request, `True` / `False`, or `None` when it was not decided before the deadline (the caller
+    treats that as not equal). See the module docstring for the scheduling (rounds of doubling time slices).
+    """
+    results: list[bool | None] = [None] * len(requests)
+    if not requests:
+        return results
+    workers = max_workers or default_workers()
     try:
-        worker = _POOL.acquire()
+        _server(workers)  # start it (if needed) before the deadline starts counting
     except RuntimeError:
-        return False
-    verdict = worker.ask(pred, gold, rel_tol, timeout)
-    _POOL.release(worker, healthy=verdict is not None)
-    return bool(verdict)
+        return results
+    deadline = time.monotonic() + timeout
+    undecided = list(range(len(requests)))
+    # The first round may use a quarter of the deadline: then ordinary answers are decided even behind many hard ones.
+    time_slice = min(_MAX_SLICE, max(_MIN_SLICE, 0.25 * timeout * workers / len(requests)))
+    while undecided and time.monotonic() < deadline:
+        try:
+            server = _server(workers)  # a fresh one if the last one died (e.g. killed from outside)
+        except RuntimeError:
+            break
+        submitted = [(i, *server.submit(*requests[i], seconds=time_slice, deadline=deadline)) for i in undecided]
+        still = []
+        for i, request_id, future in submitted:
+            try:
+                # The server kills the child at the deadline and answers; the slack covers that reply.
+                verdict = future.result(timeout=max(0.0, deadline - time.monotonic()) + 0.25)
+            except FutureTimeout:
+                verdict = None
+            if verdict is None:
+                still.append((i, request_id))
+            else:
+                results[i] = verdict
+        server.cancel([request_id for _, request_id in still])
+        undecided = [i for i, _ in still]
+        time_slice *= 2
+    return results
+
+
+def symbolic_equal(
+    pred: str, gold: str, *, timeout: float = 5.0, mode: str = "verify", max_workers: int | None = None
+) -> bool:
+    """Whether two answers are equal for math-verify (`mode="verify"`) or for the reference grader's sympy step
+    (`mode="reference"`). `False` if either does not parse or the check does not finish within `timeout`."""
+    return bool(compare_batch([(mode, pred, gold)], timeout=timeout, max_workers=max_workers)[0])
