@@ -212,11 +212,11 @@ def ar_decode(
     for step in range(gen_length):
         position = torch.full((max(active.numel(), 1), 1), prompt_width + step - logit_shift, device=device)
         done_here = active.numel() == 0
-        if all_done is not None and not all_done(done_here) and done_here:
-            forward_logits(model, canvas[:1], attention_mask[:1], position)  # keeps the collective gathers in step
-            continue
-        if done_here:
+        if done_here if all_done is None else all_done(done_here):
             break
+        if done_here:  # another process still decodes, and its collective parameter gathers need this one's forward
+            forward_logits(model, canvas[:1], attention_mask[:1], position)
+            continue
         logits = forward_logits(model, canvas[active], attention_mask[active], position)[:, 0]
         nfe += 1
         logits = scaled_logits(logits, mask_id, temperature if temperature > 0 else 1.0)

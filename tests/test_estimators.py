@@ -226,3 +226,43 @@ def test_agrpo_rejects_a_kl_term(tmp_path):
 
     with pytest.raises(ValueError, match="beta=0"):
         JustGRPOConfig(output_dir=str(tmp_path), estimator="agrpo", beta=0.04, use_cpu=True)
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def test_a_new_estimator_is_one_class_and_one_registry_line(tmp_path, tiny_checkpoint, monkeypatch):
+    """A fourth estimator plugs in through `ESTIMATORS` alone, with no edit to the trainer: here JustGRPO's own
+    strategy, subclassed to record which protocol hooks the trainer calls, with what."""
+    from test_trainer_runs import run_training
+
+    from justgrpo_trl import estimators
+    from justgrpo_trl.estimators.ar_exact import ARExact
+
+    calls = []
+
+    class Recording(ARExact):
+        name = "recording"
+
+        def rollout(self, model, prompt_ids, temperature):
+            calls.append(("rollout", len(prompt_ids)))
+            return super().rollout(model, prompt_ids, temperature)
+
+        def start_generation_batch(self):
+            calls.append(("start",))
+
+        def finish_generation_batch(self, output):
+            calls.append(("finish", tuple(output["completion_ids"].shape)))
+            return output
+
+        def compute_loss(self, trl_loss, inputs, iteration):
+            calls.append(("loss", iteration))
+            return trl_loss(inputs)
+
+    monkeypatch.setitem(estimators.ESTIMATORS, "recording", Recording)
+    trainer, before = run_training(tmp_path, tiny_checkpoint, estimator="recording", num_iterations=2, max_steps=4)
+    assert type(trainer.estimator) is Recording
+    assert [c[0] for c in calls[:3]] == ["start", "rollout", "finish"] and calls[1] == ("rollout", 4)
+    assert [c[1] for c in calls if c[0] == "loss"] == [0, 1, 0, 1]  # each generation trained twice
+    assert sum(c[0] == "rollout" for c in calls) == 2
+    assert_all_trainable_changed(trainer, before)
