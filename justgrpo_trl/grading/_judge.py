@@ -1,6 +1,7 @@
 """The judge: runs a job's trusted test code against a candidate that lives in another, isolated process.
 
-A judge worker is a long-lived process (`python -I -m justgrpo_trl.grading._judge`) that reads jobs from its stdin
+A judge worker is a long-lived process (`python -I .../grading/_judge.py`, which imports only its sibling
+modules, not the package) that reads jobs from its stdin
 and writes verdicts to its stdout, one framed JSON message each (see `_wire`). For each job it starts a fresh
 candidate process (`_sandbox_runner.py`, confined as `isolation` describes), sends it only the candidate's code,
 then runs the tests *here*: every function of the candidate that the tests call is replaced by a `Proxy` that sends
@@ -24,8 +25,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import _wire as wire
-from .isolation import Isolation, candidate_launch, seccomp_program
+if __package__:
+    from . import _wire as wire
+    from .isolation import Isolation, candidate_launch, seccomp_program
+else:  # started as a script: import the sibling modules alone, not the package (which loads torch)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _wire as wire
+    from isolation import Isolation, candidate_launch, seccomp_program
 
 MAX_STDERR_BYTES = 4096
 
@@ -111,7 +117,19 @@ def _normalise_output(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
 
 
-def _run_tests(job: dict[str, Any], channel: _Channel, candidate_names: list[str]) -> None:
+def _fetch(channel: _Channel, name: str) -> Any:
+    """The candidate's global `name` as a plain value, or `NameError` if it is not one."""
+    wire.write_frame(channel.requests, {"get": name})
+    reply = channel.receive()
+    if "value" not in reply:
+        raise NameError(f"the candidate's {name} is not a plain value")
+    try:
+        return wire.decode(reply["value"])
+    except wire.WireError as error:
+        channel.fail(f"malformed value ({error})")
+
+
+def _run_tests(job: dict[str, Any], channel: _Channel, candidate_names: list[str], values: list[str]) -> None:
     """Run the trusted setup and tests here, with the candidate's functions replaced by proxies."""
     if job.get("io_cases") is not None:
         for stdin, expected in job["io_cases"]:
@@ -132,6 +150,8 @@ def _run_tests(job: dict[str, Any], channel: _Channel, candidate_names: list[str
         wanted.add(entry_point)
     for name in wanted & set(candidate_names):
         namespace[name] = Proxy(channel, name)
+    for name in sorted(wanted & set(values) - set(candidate_names)):  # plain-value globals the tests read
+        namespace[name] = _fetch(channel, name)
     exec(compile(job["tests"], "<tests>", "exec"), namespace)
 
 
@@ -208,7 +228,9 @@ def _run_job(job: dict[str, Any], isolation: Isolation, stderr: Any) -> dict[str
                 return {"passed": False, "reason": f"the code failed to load: {ready.get('raise')}"}
             names = ready.get("names")
             names = [n for n in names if type(n) is str] if type(names) is list else []
-            _run_tests(job, channel, names)
+            values = ready.get("values")
+            values = [n for n in values if type(n) is str] if type(values) is list else []
+            _run_tests(job, channel, names, values)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         if channel.failure is not None:

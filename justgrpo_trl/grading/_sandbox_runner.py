@@ -91,8 +91,9 @@ def _serve(wire, code, io_mode):
         wire.write_frame(REPLIES, {"ok": True, "names": []})
     else:
         exec(compile(code, "<candidate>", "exec"), namespace)
-        names = [name for name, value in list(namespace.items()) if type(name) is str and callable(value)]
-        wire.write_frame(REPLIES, {"ok": True, "names": names})
+        names = [name for name in list(namespace) if type(name) is str and not name.startswith("__")]
+        functions = [name for name in names if callable(namespace[name])]
+        wire.write_frame(REPLIES, {"ok": True, "names": functions, "values": names})
     while True:
         try:
             request = wire.read_frame(REQUESTS)
@@ -111,6 +112,8 @@ def _serve(wire, code, io_mode):
                 finally:
                     sys.stdin, sys.stdout = stdin, stdout
                 reply = {"value": output if type(output) is str else None}
+            elif "get" in request:
+                reply = {"value": wire.encode(namespace[request["get"]])}
             else:
                 function = namespace[request["call"]]
                 args = wire.decode(request["args"])

@@ -28,10 +28,13 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from . import _wire as wire
 from .isolation import Isolation, resolve_isolation
+
+_JUDGE = Path(__file__).with_name("_judge.py")
 
 __all__ = ["CodeExecutor", "CodeJob", "LocalExecutor", "Verdict", "default_executor"]
 
@@ -89,7 +92,7 @@ class _Worker:
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-I", "-m", "justgrpo_trl.grading._judge"],
+            [sys.executable, "-I", str(_JUDGE)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},  # no tokens
