@@ -6,7 +6,9 @@ Layers (each can be switched off explicitly, for tests of the degraded modes):
   in fresh user, PID, network, IPC, UTS and mount namespaces: no network (not even the host's loopback), no view of
   other processes, and every descendant dies with the sandbox. Its file system is a read-only view of the Python
   installation and system libraries only (site-packages hidden), its own directory (read-write) and a minimal `/dev`.
-- `landlock`: writes confined to the sandbox directory, reads to that same list of paths, also without namespaces.
+- `landlock`: writes confined to the sandbox directory, reads to that same list of paths, also without namespaces;
+  on kernels with Landlock ABI 4 / 6, no TCP bind or connect, and no signal or abstract Unix socket reaching a
+  process outside the sandbox.
 - `seccomp`: a libseccomp filter (built with `pyseccomp`) refusing exec, fork (threads stay allowed), ptrace,
   `process_vm_*`, pidfd, namespace and mount calls, kernel keyrings, BPF, io_uring, and every socket family but
   `AF_UNIX`.
