@@ -43,6 +43,27 @@ class CandidateFailure(BaseException):
     """
 
 
+def _decoded(channel: _Channel, data: Any) -> Any:
+    try:
+        return wire.decode(data)
+    except wire.WireError as error:
+        channel.fail(f"malformed value ({error})")
+
+
+def _text(data: Any) -> str:
+    """A string the candidate sent (an exception's name or message), or "" if it is not one."""
+    try:
+        value = wire.decode(data)
+    except wire.WireError:
+        return ""
+    return value if type(value) is str else ""
+
+
+def _names(channel: _Channel, data: Any) -> list[str]:
+    value = _decoded(channel, data)
+    return [name for name in value if type(name) is str] if type(value) is list else []
+
+
 def _builtin_exception(name: Any) -> type[BaseException]:
     """The builtin exception class named `name` (a candidate's `raise ValueError` reaches the tests as one)."""
     cls = getattr(builtins, name, None) if type(name) is str else None
@@ -63,7 +84,7 @@ class _Channel:
         if remaining <= 0 or not select.select([self.replies], [], [], remaining)[0]:
             self.fail("timeout")
         try:
-            return wire.read_frame(self.replies)
+            return wire.read_json(self.replies)
         except wire.WireError as error:
             self.fail(f"candidate process gone or malformed reply ({error})")
 
@@ -84,21 +105,16 @@ class Proxy:
         if channel.failure is not None:
             raise CandidateFailure(channel.failure)
         try:
-            request = {"call": self.__name__, "args": wire.encode(list(args)), "kwargs": wire.encode(kwargs)}
+            wire.write_trusted(channel.requests, {"call": self.__name__, "args": args, "kwargs": kwargs})
         except wire.NotPlain as error:
             raise TypeError(f"the tests pass a value that cannot cross to the sandbox: {error}") from None
-        try:
-            wire.write_frame(channel.requests, request)
         except OSError:
             channel.fail("candidate process gone")
         reply = channel.receive()
         if "value" in reply:
-            try:
-                return wire.decode(reply["value"])
-            except wire.WireError as error:
-                channel.fail(f"malformed value ({error})")
+            return _decoded(channel, reply["value"])
         if "raise" in reply:
-            raise _builtin_exception(reply["raise"])(str(reply.get("message", "")))
+            raise _builtin_exception(_text(reply["raise"]))(_text(reply.get("message")))
         channel.fail("malformed reply")
 
     def __repr__(self) -> str:
@@ -119,25 +135,23 @@ def _normalise_output(text: str) -> str:
 
 def _fetch(channel: _Channel, name: str) -> Any:
     """The candidate's global `name` as a plain value, or `NameError` if it is not one."""
-    wire.write_frame(channel.requests, {"get": name})
+    wire.write_trusted(channel.requests, {"get": name})
     reply = channel.receive()
     if "value" not in reply:
         raise NameError(f"the candidate's {name} is not a plain value")
-    try:
-        return wire.decode(reply["value"])
-    except wire.WireError as error:
-        channel.fail(f"malformed value ({error})")
+    return _decoded(channel, reply["value"])
 
 
 def _run_tests(job: dict[str, Any], channel: _Channel, candidate_names: list[str], values: list[str]) -> None:
     """Run the trusted setup and tests here, with the candidate's functions replaced by proxies."""
     if job.get("io_cases") is not None:
         for stdin, expected in job["io_cases"]:
-            wire.write_frame(channel.requests, {"stdin": str(stdin)})
+            wire.write_trusted(channel.requests, {"stdin": str(stdin)})
             reply = channel.receive()
-            if "value" not in reply or type(reply["value"]) is not str:
-                raise AssertionError(f"the program failed: {reply.get('raise')}")
-            if _normalise_output(reply["value"]) != _normalise_output(str(expected)):
+            output = _decoded(channel, reply["value"]) if "value" in reply else None
+            if type(output) is not str:
+                raise AssertionError(f"the program failed: {_text(reply.get('raise'))}")
+            if _normalise_output(output) != _normalise_output(str(expected)):
                 raise AssertionError("wrong output")
         return
     namespace: dict[str, Any] = {"__name__": "__judge__", "__builtins__": builtins}
@@ -159,12 +173,110 @@ def _alarm(signum: int, frame: Any) -> None:
     raise CandidateFailure("timeout")
 
 
+class _Candidate:
+    """A started candidate process, waiting for its job (started ahead of time, so that the interpreter's start-up
+    overlaps with other work). It has its directory, stderr file and pipes; it has seen nothing of any job."""
+
+    def __init__(self, isolation: Isolation):
+        self.isolation = isolation
+        self.workdir = tempfile.mkdtemp(prefix="justgrpo-sandbox-")
+        self.stderr = tempfile.TemporaryFile()
+        request_read, self.requests = os.pipe()
+        self.replies, reply_write = os.pipe()
+        self.process: subprocess.Popen | None = None
+        try:
+            launch = candidate_launch(isolation, self.workdir, (request_read, reply_write))
+            if launch.user is not None:
+                os.chown(self.workdir, launch.user, launch.user)
+            self.process = subprocess.Popen(
+                launch.argv,
+                user=launch.user,
+                group=launch.user,
+                extra_groups=[] if launch.user is not None else None,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": launch.workdir, "TMPDIR": launch.workdir},
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=self.stderr,
+                pass_fds=(request_read, reply_write),
+                start_new_session=True,
+            )
+        finally:
+            os.close(request_read)
+            os.close(reply_write)
+        self.landlock, self.inner_workdir = launch.landlock, launch.workdir
+
+    def start(self, job: dict[str, Any], timeout: float) -> None:
+        """Send the limits, the confinement and the candidate's code (buffered by the pipe while it starts)."""
+        memory_mb = int(job.get("memory_mb", 1024))
+        limits = {
+            "memory_bytes": memory_mb * 1024 * 1024 if memory_mb else None,
+            "cpu_seconds": int(timeout) + 1,
+            "file_bytes": 16 * 1024 * 1024,
+            "open_files": 256,
+            "processes": None,
+        }
+        setup = {
+            "limits": limits,
+            "landlock": self.landlock,
+            "seccomp": seccomp_program() if self.isolation.seccomp else None,
+            "workdir": self.inner_workdir,
+        }
+        job_message = {**setup, "code": str(job["code"]), "io": job.get("io_cases") is not None}
+        wire.write_trusted(self.requests, job_message)
+
+    def close(self) -> str:
+        """Kill the candidate and everything it started, remove its directory; returns the head of its stderr."""
+        for fd in (self.requests, self.replies):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.process.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        head = _stderr_head(self.stderr)
+        self.stderr.close()
+        return head
+
+
+_spare: _Candidate | None = None
+
+
+def _take_candidate(isolation: Isolation) -> _Candidate:
+    global _spare
+    candidate, _spare = _spare, None
+    if candidate is not None and candidate.isolation == isolation and candidate.process.poll() is None:
+        return candidate
+    if candidate is not None:
+        candidate.close()
+    return _Candidate(isolation)
+
+
+def prepare_spare(isolation: Isolation) -> None:
+    """Start the next job's candidate process now."""
+    global _spare
+    if _spare is None:
+        try:
+            _spare = _Candidate(isolation)
+        except OSError:
+            _spare = None
+
+
 def run_job(job: dict[str, Any], isolation: Isolation) -> dict[str, Any]:
     """Grade one job (see `executor.CodeJob.to_dict`); returns `{"passed": bool, "reason": str, "stderr": str}`,
     `stderr` being the start of the candidate process's standard error (tracebacks)."""
-    with tempfile.TemporaryFile() as stderr:
-        verdict = _run_job(job, isolation, stderr)
-        verdict["stderr"] = _stderr_head(stderr)
+    candidate = None
+    try:
+        candidate = _take_candidate(isolation)
+        verdict = _run_job(job, candidate)
+    except OSError as error:
+        verdict = {"passed": False, "reason": f"could not start the sandbox: {error}"}
+    verdict["stderr"] = candidate.close() if candidate is not None else ""
     return verdict
 
 
@@ -176,60 +288,19 @@ def _stderr_head(file: Any) -> str:
         return ""
 
 
-def _run_job(job: dict[str, Any], isolation: Isolation, stderr: Any) -> dict[str, Any]:
+def _run_job(job: dict[str, Any], candidate: _Candidate) -> dict[str, Any]:
     timeout = float(job.get("timeout", 5.0))
-    deadline = time.monotonic() + timeout
-    workdir = tempfile.mkdtemp(prefix="justgrpo-sandbox-")
-    request_read, request_write = os.pipe()
-    reply_read, reply_write = os.pipe()
-    channel = _Channel(request_write, reply_read, deadline)
-    process = None
+    channel = _Channel(candidate.requests, candidate.replies, time.monotonic() + timeout)
     try:
-        launch = candidate_launch(isolation, workdir, (request_read, reply_write))
-        if launch.user is not None:
-            os.chown(workdir, launch.user, launch.user)
-        process = subprocess.Popen(
-            launch.argv,
-            user=launch.user,
-            group=launch.user,
-            extra_groups=[] if launch.user is not None else None,
-            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": launch.workdir, "TMPDIR": launch.workdir},
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            pass_fds=(request_read, reply_write),
-            start_new_session=True,
-        )
-        os.close(request_read)
-        os.close(reply_write)
-        request_read = reply_write = -1
-        memory_mb = int(job.get("memory_mb", 1024))
-        limits = {
-            "memory_bytes": memory_mb * 1024 * 1024 if memory_mb else None,
-            "cpu_seconds": int(timeout) + 1,
-            "file_bytes": 16 * 1024 * 1024,
-            "open_files": 256,
-            "processes": None,
-        }
-        setup = {
-            "limits": limits,
-            "landlock": launch.landlock,
-            "seccomp": seccomp_program().hex() if isolation.seccomp else None,
-            "workdir": launch.workdir,
-        }
-        wire.write_frame(request_write, setup)
-        wire.write_frame(request_write, {"code": job["code"], "io": job.get("io_cases") is not None})
         signal.signal(signal.SIGALRM, _alarm)
         signal.setitimer(signal.ITIMER_REAL, max(timeout, 0.01))
         try:
+            candidate.start(job, timeout)
             ready = channel.receive()
-            if not ready.get("ok"):
-                return {"passed": False, "reason": f"the code failed to load: {ready.get('raise')}"}
-            names = ready.get("names")
-            names = [n for n in names if type(n) is str] if type(names) is list else []
-            values = ready.get("values")
-            values = [n for n in values if type(n) is str] if type(values) is list else []
+            if ready.get("ok") is not True:
+                return {"passed": False, "reason": f"the code failed to load: {_text(ready.get('raise'))}"}
+            names = _names(channel, ready.get("names"))
+            values = _names(channel, ready.get("values"))
             _run_tests(job, channel, names, values)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -238,26 +309,15 @@ def _run_job(job: dict[str, Any], isolation: Isolation, stderr: Any) -> dict[str
         return {"passed": True, "reason": "passed"}
     except CandidateFailure as failure:
         return {"passed": False, "reason": channel.failure or str(failure)}
+    except OSError as error:
+        return {"passed": False, "reason": f"candidate process gone ({error})"}
     except Exception as error:  # noqa: BLE001  (a failing test, or a test the candidate made fail)
         return {"passed": False, "reason": f"{type(error).__name__}: {str(error)[:200]}"}
-    finally:
-        for fd in (request_read, reply_write, request_write, reply_read):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        if process is not None:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            process.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:
-    """Serve jobs: stdin carries `{"job": ..., "isolation": {...}}` frames, the verdicts go to the original stdout."""
+    """Serve jobs: stdin carries `{"job": ..., "isolation": {...}}` frames (marshal, from the trusted executor), the
+    verdicts go to the original stdout."""
     replies = os.dup(1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # print() in test code must not corrupt the verdict stream
@@ -265,12 +325,13 @@ def main() -> None:
     sys.stdout = open(1, "w", closefd=False)
     while True:
         try:
-            message = wire.read_frame(0)
-        except wire.WireError:
+            message = wire.read_trusted(0)
+        except (wire.WireError, EOFError, ValueError):
             return
         isolation = Isolation(**message["isolation"])
         verdict = run_job(message["job"], isolation)
-        wire.write_frame(replies, verdict)
+        wire.write_trusted(replies, verdict)
+        prepare_spare(isolation)
 
 
 if __name__ == "__main__":

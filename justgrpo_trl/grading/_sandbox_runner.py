@@ -1,22 +1,20 @@
 """The candidate process: runs model-generated code and answers the judge's calls with plain values.
 
-Started by the judge as `python -I -S THIS` (inside bubblewrap when namespaces are on), with the request pipe on fd 3
-and the reply pipe on fd 4. Standard library only, plus the `landlock` binding from a read-only directory the judge
-names. It holds nothing that certifies a pass: it never sees the tests, expected values or any token; it only runs
-the candidate's code and sends back what the candidate's functions return, encoded by the strict plain-value encoder.
-If the candidate tampers with this process, the worst it can send is plain values of its own choosing.
+Started by the judge as `python -I -S THIS REQUEST_FD REPLY_FD` (inside bubblewrap when namespaces are on). Standard
+library only, and few imports: its start-up time is most of the cost of grading one completion. It holds nothing
+that certifies a pass: it never sees the tests, expected values or any token; it only runs the candidate's code and
+sends back what the candidate's functions return, encoded by the strict plain-value encoder. If the candidate
+tampers with this process, the worst it can send is plain values of its own choosing.
 
-Order of events: read the setup message (limits, Landlock paths, the seccomp program), set rlimits, restrict the file
-system with Landlock, load the seccomp filter, then read the candidate's code and run it. Everything the candidate's
-code could exploit is in place before the first byte of it is compiled.
+Order of events: read the one job message (limits, Landlock paths, the seccomp program, the code), set rlimits,
+restrict the file system with Landlock, load the seccomp filter, then compile and run the candidate's code.
+Everything the candidate's code could exploit is in place before the first byte of it is compiled.
 """
 
-import ctypes
 import io
 import os
 import resource
 import sys
-import traceback
 
 REQUESTS, REPLIES = int(sys.argv[1]), int(sys.argv[2])
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
@@ -38,46 +36,78 @@ def _set_limits(limits):
         _limit("RLIMIT_NPROC", limits["processes"])
 
 
+_LANDLOCK_CREATE_RULESET, _LANDLOCK_ADD_RULE, _LANDLOCK_RESTRICT_SELF = 444, 445, 446  # the same on every arch
+# Landlock file-system rights (ABI 1..5): execute, write, read file, read dir, remove dir/file, make char/dir/reg/
+# sock/fifo/block/sym, refer (2), truncate (3), ioctl on devices (5).
+_FS_READ_FILE, _FS_READ_DIR, _FS_EXECUTE = 1 << 2, 1 << 3, 1 << 0
+_FS_FILE_RIGHTS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)
+
+
+def _fs_rights(abi):
+    """All file-system rights the kernel's ABI knows."""
+    rights = (1 << 13) - 1
+    if abi >= 2:
+        rights |= 1 << 13
+    if abi >= 3:
+        rights |= 1 << 14
+    if abi >= 5:
+        rights |= 1 << 15
+    return rights
+
+
 def _apply_landlock(config):
-    """Reads limited to `read_paths`, writes and everything else to `write_paths`; an error if it cannot."""
-    sys.path.insert(0, config["landlock_lib"])
-    import landlock
+    """Reads limited to `read_paths`, writes and everything else to `write_paths`; no TCP bind or connect (ABI 4);
+    no signal or abstract Unix socket reaching outside the sandbox (ABI 6). Raw system calls (three of them):
+    importing a binding would cost more start-up time than the rest of the sandbox."""
+    import ctypes
 
-    access = landlock.FSAccess
-    ruleset = landlock.Ruleset()
-    for path in config["read_paths"]:
-        if os.path.exists(path):
-            rights = access.READ_FILE | access.EXECUTE
-            ruleset.allow(path, rules=rights | access.READ_DIR if os.path.isdir(path) else rights)
-    for path in config["write_paths"]:
-        ruleset.allow(path, rules=access.all() if os.path.isdir(path) else access.all_file())
-    ruleset.apply()  # sets no_new_privs first
-    del sys.path[0]
-    _landlock_scopes()
-
-
-def _landlock_scopes():
-    """A second Landlock layer the binding does not offer yet: no TCP bind/connect (ABI 4), and no signals or
-    abstract Unix sockets reaching outside this sandbox (ABI 6). Skipped on kernels without them."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
-    abi = libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # landlock_create_ruleset: ABI version
-    if abi < 4:
-        return
-    attr = (ctypes.c_uint64 * 3)(0, 0b11, 0b11 if abi >= 6 else 0)  # fs: none; net: bind+connect; scopes
-    size = ctypes.sizeof(attr) if abi >= 6 else 16
-    fd = libc.syscall(444, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
-    if fd < 0:
-        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
+
+    def call(*args):
+        result = libc.syscall(*args)
+        if result < 0:
+            raise OSError(ctypes.get_errno(), f"landlock syscall {args[0]}")
+        return result
+
+    abi = call(_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # the ABI version
+    handled = _fs_rights(abi)
+    attr = (ctypes.c_uint64 * 3)(handled, 0b11 if abi >= 4 else 0, 0b11 if abi >= 6 else 0)
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    ruleset = call(_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+
+    class PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+    def allow(path, rights):
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            if not os.path.isdir(path):
+                rights &= _FS_FILE_RIGHTS
+            rule = PathBeneath(rights & handled, fd)
+            call(_LANDLOCK_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(1), ctypes.byref(rule), ctypes.c_uint32(0))
+        finally:
+            os.close(fd)
+
     try:
-        if libc.syscall(446, ctypes.c_int(fd), ctypes.c_uint32(0)) != 0:
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+        for path in config["read_paths"]:
+            allow(path, _FS_READ_FILE | _FS_READ_DIR | _FS_EXECUTE)
+        for path in config["write_paths"]:
+            allow(path, handled)
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        call(_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
-        os.close(fd)
+        os.close(ruleset)
 
 
 def _load_seccomp(program):
     """Load a compiled seccomp BPF program (built by the judge with libseccomp) for this process and its threads."""
+    import ctypes
 
     class SockFilter(ctypes.Structure):
         _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
@@ -95,57 +125,63 @@ def _load_seccomp(program):
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
 
 
-def _encode_exception(error):
-    name = type(error).__name__ if type(type(error).__name__) is str else "Exception"
+def _exception_json(wire, error, prefix=""):
+    """`{"raise": name, "message": text}` for an exception of the candidate's (whose `__str__` may do anything)."""
+    name = type(error).__name__
     try:
         message = str(error)[:300]
-    except BaseException:  # noqa: B036  (the candidate's __str__ may do anything)
+    except BaseException:  # noqa: B036
         message = ""
-    return {"raise": name, "message": message if type(message) is str else ""}
+    name = name if type(name) is str else "Exception"
+    message = message if type(message) is str else ""
+    return "{" + prefix + '"raise":' + wire.to_json(name) + ',"message":' + wire.to_json(message) + "}"
+
+
+def _run_io(program, stdin_text):
+    """Run the whole program once on `stdin_text`; its standard output."""
+    stdin, stdout = sys.stdin, sys.stdout
+    sys.stdin, sys.stdout = io.StringIO(stdin_text), io.StringIO()
+    try:
+        try:
+            exec(program, {"__name__": "__main__"})
+        except SystemExit:
+            pass
+        return sys.stdout.getvalue()
+    finally:
+        sys.stdin, sys.stdout = stdin, stdout
 
 
 def _serve(wire, code, io_mode):
-    """Answer the judge's requests until it closes the pipe."""
+    """Run the candidate's code, then answer the judge's requests until it closes the pipe."""
     namespace = {"__name__": "__main__"}
+    program = compile(code, "<candidate>", "exec")
     if io_mode:
-        program = compile(code, "<candidate>", "exec")
-        wire.write_frame(REPLIES, {"ok": True, "names": []})
+        wire.write_json(REPLIES, '{"ok":true,"names":[],"values":[]}')
     else:
-        exec(compile(code, "<candidate>", "exec"), namespace)
+        exec(program, namespace)
         names = [name for name in list(namespace) if type(name) is str and not name.startswith("__")]
         functions = [name for name in names if callable(namespace[name])]
-        wire.write_frame(REPLIES, {"ok": True, "names": functions, "values": names})
+        text = '{"ok":true,"names":' + wire.to_json(functions) + ',"values":' + wire.to_json(names) + "}"
+        wire.write_json(REPLIES, text)
     while True:
         try:
-            request = wire.read_frame(REQUESTS)
-        except wire.WireError:
+            request = wire.read_trusted(REQUESTS)
+        except (wire.WireError, EOFError, ValueError):
             return
         try:
-            if io_mode:
-                stdin, stdout = sys.stdin, sys.stdout
-                sys.stdin, sys.stdout = io.StringIO(request["stdin"]), io.StringIO()
-                try:
-                    try:
-                        exec(program, {"__name__": "__main__"})
-                    except SystemExit:
-                        pass
-                    output = sys.stdout.getvalue()
-                finally:
-                    sys.stdin, sys.stdout = stdin, stdout
-                reply = {"value": output if type(output) is str else None}
+            if "stdin" in request:
+                reply = '{"value":' + wire.to_json(_run_io(program, request["stdin"])) + "}"
             elif "get" in request:
-                reply = {"value": wire.encode(namespace[request["get"]])}
+                reply = '{"value":' + wire.to_json(namespace[request["get"]]) + "}"
             else:
-                function = namespace[request["call"]]
-                args = wire.decode(request["args"])
-                kwargs = wire.decode(request["kwargs"])
-                reply = {"value": wire.encode(function(*args, **kwargs))}
+                result = namespace[request["call"]](*request["args"], **request["kwargs"])
+                reply = '{"value":' + wire.to_json(result) + "}"
         except BaseException as error:  # noqa: B036  (report every failure, SystemExit included, to the judge)
-            reply = _encode_exception(error)
+            reply = _exception_json(wire, error)
         try:
-            wire.write_frame(REPLIES, reply)
+            wire.write_json(REPLIES, reply)
         except wire.WireError:
-            wire.write_frame(REPLIES, {"raise": "OverflowError", "message": "result too large"})
+            wire.write_json(REPLIES, _exception_json(wire, OverflowError("result too large")))
 
 
 def main():
@@ -153,26 +189,29 @@ def main():
     import _wire as wire
 
     del sys.path[0]
-    setup = wire.read_frame(REQUESTS)
-    _set_limits(setup["limits"])
-    if setup.get("landlock"):
-        _apply_landlock(setup["landlock"])
-    if setup.get("seccomp"):
-        _load_seccomp(bytes.fromhex(setup["seccomp"]))
-    os.chdir(setup["workdir"])
-    job = wire.read_frame(REQUESTS)
+    job = wire.read_trusted(REQUESTS)  # the limits, the confinement, then the code: nothing runs before them
+    _set_limits(job["limits"])
+    if job.get("landlock"):
+        _apply_landlock(job["landlock"])
+    if job.get("seccomp"):
+        _load_seccomp(job["seccomp"])
+    os.chdir(job["workdir"])
     try:
-        _serve(wire, job["code"], job.get("io", False))
+        _serve(wire, job["code"], job["io"])
     except BaseException as error:  # noqa: B036
+        import traceback
+
         traceback.print_exc()
         try:
-            wire.write_frame(REPLIES, {"ok": False, **_encode_exception(error)})
+            wire.write_json(REPLIES, _exception_json(wire, error, prefix='"ok":false,'))
         except BaseException:  # noqa: B036
             pass
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(0)
 
 
 if __name__ == "__main__":

@@ -102,13 +102,13 @@ class _Worker:
     def grade(self, job: CodeJob, isolation: Isolation) -> Verdict:
         message = {"job": job.to_dict(), "isolation": asdict(isolation)}
         try:
-            wire.write_frame(self.process.stdin.fileno(), message)
+            wire.write_trusted(self.process.stdin.fileno(), message)
             # The judge enforces the job's timeout itself; the margin covers starting and cleaning up.
             fd = self.process.stdout.fileno()
             if not select.select([fd], [], [], job.timeout + 10.0)[0]:
                 raise TimeoutError
-            verdict = wire.read_frame(fd)
-        except (OSError, TimeoutError, wire.WireError):
+            verdict = wire.read_trusted(fd)  # from our own judge process
+        except (OSError, TimeoutError, EOFError, ValueError, wire.WireError):
             self.close()
             return Verdict(False, "judge process failed")
         return Verdict(bool(verdict.get("passed") is True), str(verdict.get("reason", "")))

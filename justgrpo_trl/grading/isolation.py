@@ -10,8 +10,8 @@ Layers (each can be switched off explicitly, for tests of the degraded modes):
   on kernels with Landlock ABI 4 / 6, no TCP bind or connect, and no signal or abstract Unix socket reaching a
   process outside the sandbox.
 - `seccomp`: a libseccomp filter (built with `pyseccomp`) refusing exec, fork (threads stay allowed), ptrace,
-  `process_vm_*`, pidfd, namespace and mount calls, kernel keyrings, BPF, io_uring, and every socket family but
-  `AF_UNIX`.
+  `process_vm_*`, pidfd, namespace and mount calls, kernel keyrings, BPF, io_uring, changing rlimits, and every
+  socket family but `AF_UNIX`.
 - `unprivileged`: the candidate runs as `nobody` (uid/gid 65534) with no capabilities. With namespaces that is its
   identity inside its user namespace (bubblewrap maps it to the trainer's uid outside, which matters only for the
   ownership of files in the sandbox directory: nothing else outside is reachable); without namespaces a root
@@ -221,6 +221,12 @@ def seccomp_program() -> bytes:
     except (OSError, ValueError):
         pass
     rules.add_rule(seccomp.ERRNO(errno.EPERM), "socket", seccomp.Arg(0, seccomp.NE, _AF_UNIX))
+    # The limits are set before the filter: reading them stays allowed, changing them does not.
+    rules.add_rule(seccomp.ERRNO(errno.EPERM), "prlimit64", seccomp.Arg(2, seccomp.NE, 0))
+    try:
+        rules.add_rule(seccomp.ERRNO(errno.EPERM), "setrlimit")
+    except (OSError, ValueError):
+        pass
     with tempfile.TemporaryFile() as file:
         rules.export_bpf(file)
         file.seek(0)
@@ -254,13 +260,6 @@ def _readable_roots() -> tuple[str, ...]:
     return tuple(sorted(roots))
 
 
-def landlock_dir() -> str:
-    """Directory holding the `landlock` package, made readable to the candidate process."""
-    import landlock
-
-    return os.path.dirname(os.path.dirname(os.path.abspath(landlock.__file__)))
-
-
 @dataclass(frozen=True)
 class Launch:
     """How to start one candidate process: its argv, the identity to run it as, and the paths as it sees them."""
@@ -277,9 +276,8 @@ def candidate_launch(isolation: Isolation, workdir: str, fds: tuple[int, int]) -
     runner, wire = here / "_sandbox_runner.py", here / "_wire.py"
     user = None
     python = _python_binary()
-    lib = landlock_dir() if isolation.landlock else None
     if isolation.namespaces:
-        inner_workdir, inner_runner, inner_lib = "/work", "/sandbox/_sandbox_runner.py", "/sandbox/lib"
+        inner_workdir, inner_runner = "/work", "/sandbox/_sandbox_runner.py"
         argv = [
             bwrap_binary() or "bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
             "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
@@ -297,18 +295,14 @@ def candidate_launch(isolation: Isolation, workdir: str, fds: tuple[int, int]) -
             if any(hidden.startswith(root + os.sep) for root in _readable_roots()):
                 argv += ["--tmpfs", hidden]
         argv += ["--ro-bind", str(runner), inner_runner, "--ro-bind", str(wire), "/sandbox/_wire.py"]
-        if lib is not None:
-            argv += ["--ro-bind", os.path.join(lib, "landlock"), inner_lib + "/landlock"]
         argv += ["--bind", workdir, inner_workdir, "--dev", "/dev", "--chdir", inner_workdir]
         argv += [python, "-I", "-S", inner_runner, str(fds[0]), str(fds[1])]
         reads = [*_readable_roots(), "/sandbox", "/dev/urandom", "/dev/zero"]
-        landlock_config = {"landlock_lib": inner_lib, "read_paths": reads, "write_paths": [inner_workdir, "/dev/null"]}
-        return Launch(argv, user, inner_workdir, landlock_config if lib is not None else None)
+        landlock_config = {"read_paths": reads, "write_paths": [inner_workdir, "/dev/null"]}
+        return Launch(argv, user, inner_workdir, landlock_config if isolation.landlock else None)
     if isolation.unprivileged and _can_switch_to_nobody():
         user = NOBODY
     argv = [python, "-I", "-S", str(runner), str(fds[0]), str(fds[1])]
     reads = [*_readable_roots(), str(runner), str(wire), "/dev/urandom", "/dev/zero"]
-    if lib is not None:
-        reads.append(os.path.join(lib, "landlock"))
-    landlock_config = {"landlock_lib": lib, "read_paths": reads, "write_paths": [workdir, "/dev/null"]}
-    return Launch(argv, user, workdir, landlock_config if lib is not None else None)
+    landlock_config = {"read_paths": reads, "write_paths": [workdir, "/dev/null"]}
+    return Launch(argv, user, workdir, landlock_config if isolation.landlock else None)
