@@ -33,7 +33,7 @@ from justgrpo_trl.grading.isolation import FEATURES, Isolation, available_isolat
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox's isolation is Linux's")
 
 ON_CI = os.environ.get("CI") == "true" and sys.platform.startswith("linux") and os.geteuid() == 0
-TESTS = "assert f(1) == 2\nassert f(10) == 11  # EXPECTED-MARK\n"
+TESTS = "assert abs(f(1) - 2) < 1e-9\nassert abs(f(10) - 11) < 1e-9  # EXPECTED-MARK\n"
 OUTCOME = "\ndef f(x):\n    return x + 1 if OK else None\n"
 
 
@@ -220,6 +220,10 @@ class Anything:
         return True
     def __ne__(self, other):
         return False
+    def __sub__(self, other):
+        return self
+    def __abs__(self):
+        return 0
     __hash__ = object.__hash__
 def f(x):
     return Anything()
@@ -229,12 +233,22 @@ INT_SUBCLASS_EQUAL = """
 class Int(int):
     def __eq__(self, other):
         return True
+    def __sub__(self, other):
+        return Int(0)
     __hash__ = int.__hash__
 def f(x):
     return Int(0)
 """
 
+SHADOW_BUILTIN = """
+def abs(x):
+    return 0
+def f(x):
+    return 2
+"""
+
 ATTACKS = [
+    Attack("shadow_builtin_used_by_tests", SHADOW_BUILTIN),
     Attack("frame_walk_forge", FRAME_WALK_FORGE),
     Attack("read_expected_outputs", READ_EXPECTED),
     Attack("always_equal_object", ALWAYS_EQUAL),

@@ -157,7 +157,8 @@ def _run_tests(job: dict[str, Any], channel: _Channel, candidate_names: list[str
     namespace: dict[str, Any] = {"__name__": "__judge__", "__builtins__": builtins}
     exec(compile(job.get("setup") or "", "<setup>", "exec"), namespace)
     entry_point = job.get("entry_point")
-    wanted = {name for name in _loaded_names(job["tests"]) if name not in namespace}
+    # Never a builtin: a candidate's own `abs` or `isinstance` must not stand in for the one the tests call.
+    wanted = {name for name in _loaded_names(job["tests"]) if name not in namespace and not hasattr(builtins, name)}
     if entry_point:
         if entry_point not in candidate_names:
             raise NameError(f"the candidate does not define {entry_point}")
