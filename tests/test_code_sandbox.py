@@ -442,6 +442,14 @@ def test_a_test_swallowing_every_exception_still_fails_a_dead_candidate(executor
 
 
 @linux_only
+def test_a_test_swallowing_the_timeout_still_fails(executor):
+    tests = ["try:\n    f()\nexcept BaseException:\n    pass\nassert True"]
+    job = build_code_job("import time\ndef f():\n    time.sleep(30)\n", test_list=tests, timeout=1.0)
+    (verdict,) = executor.run([job])
+    assert not verdict.passed and "timeout" in verdict.reason
+
+
+@linux_only
 def test_stdin_stdout_cases(executor):
     program = "import sys\nn = int(sys.stdin.readline())\nprint(n * 2)\nprint('  ')\n"
     columns = dict(inputs=["3\n", "5\n"], outputs=["6\n", "10"])

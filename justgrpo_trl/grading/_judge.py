@@ -170,7 +170,12 @@ def _run_tests(job: dict[str, Any], channel: _Channel, candidate_names: list[str
     exec(compile(job["tests"], "<tests>", "exec"), namespace)
 
 
+_alarm_rang = False
+
+
 def _alarm(signum: int, frame: Any) -> None:
+    global _alarm_rang
+    _alarm_rang = True  # remembered: test code that swallows the exception still fails the job
     raise CandidateFailure("timeout")
 
 
@@ -290,6 +295,8 @@ def _stderr_head(file: Any) -> str:
 
 
 def _run_job(job: dict[str, Any], candidate: _Candidate) -> dict[str, Any]:
+    global _alarm_rang
+    _alarm_rang = False
     timeout = float(job.get("timeout", 5.0))
     channel = _Channel(candidate.requests, candidate.replies, time.monotonic() + timeout)
     try:
@@ -305,8 +312,8 @@ def _run_job(job: dict[str, Any], candidate: _Candidate) -> dict[str, Any]:
             _run_tests(job, channel, names, values)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        if channel.failure is not None:
-            return {"passed": False, "reason": channel.failure}
+        if channel.failure is not None or _alarm_rang:
+            return {"passed": False, "reason": channel.failure or "timeout"}
         return {"passed": True, "reason": "passed"}
     except CandidateFailure as failure:
         return {"passed": False, "reason": channel.failure or str(failure)}
