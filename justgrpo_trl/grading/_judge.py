@@ -1,9 +1,9 @@
 """The judge: runs a job's trusted test code against a candidate that lives in another, isolated process.
 
 A judge worker is a long-lived process (`python -I .../grading/_judge.py`, which imports only its sibling
-modules, not the package) that reads jobs from its stdin
-and writes verdicts to its stdout, one framed JSON message each (see `_wire`). For each job it starts a fresh
-candidate process (`_sandbox_runner.py`, confined as `isolation` describes), sends it only the candidate's code,
+modules, not the package) that reads jobs from its stdin and writes verdicts to its stdout (see `_wire`). It keeps
+a warm fork server (`_sandbox_runner.py`, confined as `isolation` describes) that gives each job a fresh candidate
+process, sends that process only the candidate's code,
 then runs the tests *here*: every function of the candidate that the tests call is replaced by a `Proxy` that sends
 the arguments as plain values and decodes the reply into plain values. Comparisons therefore happen in this process,
 on builtin values, and the verdict is "the tests ran to their end without an exception" as seen from here. The
@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import ast
 import builtins
+import marshal
 import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -179,110 +181,151 @@ def _alarm(signum: int, frame: Any) -> None:
     raise CandidateFailure("timeout")
 
 
-class _Candidate:
-    """A started candidate process, waiting for its job (started ahead of time, so that the interpreter's start-up
-    overlaps with other work). It has its directory, stderr file and pipes; it has seen nothing of any job."""
+class _Server:
+    """The candidates' fork server of this judge (`_sandbox_runner.py`, confined as `isolation` says), kept warm
+    across jobs. One job at a time: `start` hands it the job's code, confinement and pipes; `finish` makes it kill
+    everything the job started and confirm."""
 
     def __init__(self, isolation: Isolation):
         self.isolation = isolation
-        self.workdir = tempfile.mkdtemp(prefix="justgrpo-sandbox-")
-        self.stderr = tempfile.TemporaryFile()
-        request_read, self.requests = os.pipe()
-        self.replies, reply_write = os.pipe()
+        self.root = tempfile.mkdtemp(prefix="justgrpo-sandbox-")
+        self.jobs = 0
+        self.workdir: str | None = None
+        self.control, theirs = socket.socketpair()
         self.process: subprocess.Popen | None = None
         try:
-            launch = candidate_launch(isolation, self.workdir, (request_read, reply_write))
-            if launch.user is not None:
-                os.chown(self.workdir, launch.user, launch.user)
+            self.launch = candidate_launch(isolation, self.root, theirs.fileno())
+            if self.launch.user is not None:
+                os.chown(self.root, self.launch.user, self.launch.user)
             self.process = subprocess.Popen(
-                launch.argv,
-                user=launch.user,
-                group=launch.user,
-                extra_groups=[] if launch.user is not None else None,
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": launch.workdir, "TMPDIR": launch.workdir},
-                cwd=self.workdir,
+                self.launch.argv,
+                user=self.launch.user,
+                group=self.launch.user,
+                extra_groups=[] if self.launch.user is not None else None,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": self.launch.workdir},
+                cwd=self.root,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=self.stderr,
-                pass_fds=(request_read, reply_write),
+                stderr=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
                 start_new_session=True,
             )
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            theirs.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, job: dict[str, Any], timeout: float, stderr: Any) -> tuple[int, int]:
+        """Send one job; returns the judge's ends of its pipes (requests, replies)."""
+        self.jobs += 1
+        name = f"job{self.jobs}"
+        self.workdir = workdir = os.path.join(self.root, name)
+        os.mkdir(workdir)
+        if self.launch.user is not None:
+            os.chown(workdir, self.launch.user, self.launch.user)
+        inner = f"{self.launch.workdir}/{name}"
+        memory_mb = int(job.get("memory_mb", 1024))
+        landlock = None
+        if self.launch.landlock is not None:
+            landlock = {"read_paths": self.launch.landlock["read_paths"], "write_paths": [inner, "/dev/null"]}
+        message = {
+            "limits": {
+                "memory_bytes": memory_mb * 1024 * 1024 if memory_mb else None,
+                "cpu_seconds": int(timeout) + 1,
+                "file_bytes": 16 * 1024 * 1024,
+                "open_files": 256,
+                "processes": None,
+            },
+            "landlock": landlock,
+            "seccomp": seccomp_program() if self.isolation.seccomp else None,
+            "workdir": inner,
+            "code": str(job["code"]),
+            "io": job.get("io_cases") is not None,
+        }
+        body = marshal.dumps(message)
+        request_read, request_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        try:
+            theirs = [request_read, reply_write, stderr.fileno()]
+            socket.send_fds(self.control, [len(body).to_bytes(4, "big")], theirs)
+            self.control.sendall(body)
+        except BaseException:
+            for fd in (request_write, reply_read):
+                os.close(fd)
+            raise
         finally:
             os.close(request_read)
             os.close(reply_write)
-        self.landlock, self.inner_workdir = launch.landlock, launch.workdir
+        return request_write, reply_read
 
-    def start(self, job: dict[str, Any], timeout: float) -> None:
-        """Send the limits, the confinement and the candidate's code (buffered by the pipe while it starts)."""
-        memory_mb = int(job.get("memory_mb", 1024))
-        limits = {
-            "memory_bytes": memory_mb * 1024 * 1024 if memory_mb else None,
-            "cpu_seconds": int(timeout) + 1,
-            "file_bytes": 16 * 1024 * 1024,
-            "open_files": 256,
-            "processes": None,
-        }
-        setup = {
-            "limits": limits,
-            "landlock": self.landlock,
-            "seccomp": seccomp_program() if self.isolation.seccomp else None,
-            "workdir": self.inner_workdir,
-        }
-        job_message = {**setup, "code": str(job["code"]), "io": job.get("io_cases") is not None}
-        wire.write_trusted(self.requests, job_message)
+    def finish(self, timeout: float = 5.0) -> bool:
+        """End the current job: every process it started is killed, then its directory is removed. False if the
+        server did not confirm the killing."""
+        try:
+            self.control.sendall(b"e")
+            self.control.settimeout(timeout)
+            return self.control.recv(1) == b"c"
+        except OSError:
+            return False
+        finally:
+            self.control.settimeout(None)
+            if self.workdir is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                self.workdir = None
 
-    def close(self) -> str:
-        """Kill the candidate and everything it started, remove its directory; returns the head of its stderr."""
-        for fd in (self.requests, self.replies):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    def close(self) -> None:
+        """Kill the server and its sandbox (bubblewrap's PID namespace takes every process with it)."""
+        self.control.close()
         if self.process is not None:
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
             self.process.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        head = _stderr_head(self.stderr)
-        self.stderr.close()
-        return head
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
-_spare: _Candidate | None = None
+_server: _Server | None = None
 
 
-def _take_candidate(isolation: Isolation) -> _Candidate:
-    global _spare
-    candidate, _spare = _spare, None
-    if candidate is not None and candidate.isolation == isolation and candidate.process.poll() is None:
-        return candidate
-    if candidate is not None:
-        candidate.close()
-    return _Candidate(isolation)
+def _get_server(isolation: Isolation) -> _Server:
+    global _server
+    if _server is not None and (_server.isolation != isolation or not _server.alive):
+        _server.close()
+        _server = None
+    if _server is None:
+        _server = _Server(isolation)
+    return _server
 
 
-def prepare_spare(isolation: Isolation) -> None:
-    """Start the next job's candidate process now."""
-    global _spare
-    if _spare is None:
-        try:
-            _spare = _Candidate(isolation)
-        except OSError:
-            _spare = None
+def prepare_server(isolation: Isolation) -> None:
+    """Start the fork server now, if it is not running, so that the first job does not wait for it."""
+    try:
+        _get_server(isolation)
+    except OSError:
+        pass
 
 
 def run_job(job: dict[str, Any], isolation: Isolation) -> dict[str, Any]:
     """Grade one job (see `executor.CodeJob.to_dict`); returns `{"passed": bool, "reason": str, "stderr": str}`,
-    `stderr` being the start of the candidate process's standard error (tracebacks)."""
-    candidate = None
-    try:
-        candidate = _take_candidate(isolation)
-        verdict = _run_job(job, candidate)
-    except OSError as error:
-        verdict = {"passed": False, "reason": f"could not start the sandbox: {error}"}
-    verdict["stderr"] = candidate.close() if candidate is not None else ""
+    `stderr` being the start of the candidate's standard error (tracebacks)."""
+    global _server
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            server = _get_server(isolation)
+            verdict = _run_job(job, server, stderr)
+        except OSError as error:
+            verdict = {"passed": False, "reason": f"could not start the sandbox: {error}"}
+            server = None
+        if server is not None and not server.finish():
+            server.close()  # it did not confirm the clean-up: start afresh
+            _server = None
+        verdict["stderr"] = _stderr_head(stderr)
     return verdict
 
 
@@ -294,16 +337,16 @@ def _stderr_head(file: Any) -> str:
         return ""
 
 
-def _run_job(job: dict[str, Any], candidate: _Candidate) -> dict[str, Any]:
+def _run_job(job: dict[str, Any], server: _Server, stderr: Any) -> dict[str, Any]:
     global _alarm_rang
     _alarm_rang = False
     timeout = float(job.get("timeout", 5.0))
-    channel = _Channel(candidate.requests, candidate.replies, time.monotonic() + timeout)
+    channel = _Channel(-1, -1, time.monotonic() + timeout)
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, max(timeout, 0.01))
     try:
-        signal.signal(signal.SIGALRM, _alarm)
-        signal.setitimer(signal.ITIMER_REAL, max(timeout, 0.01))
         try:
-            candidate.start(job, timeout)
+            channel.requests, channel.replies = server.start(job, timeout, stderr)
             ready = channel.receive()
             if ready.get("ok") is not True:
                 return {"passed": False, "reason": f"the code failed to load: {_text(ready.get('raise'))}"}
@@ -321,6 +364,10 @@ def _run_job(job: dict[str, Any], candidate: _Candidate) -> dict[str, Any]:
         return {"passed": False, "reason": f"candidate process gone ({error})"}
     except Exception as error:  # noqa: BLE001  (a failing test, or a test the candidate made fail)
         return {"passed": False, "reason": f"{type(error).__name__}: {str(error)[:200]}"}
+    finally:
+        for fd in (channel.requests, channel.replies):
+            if fd >= 0:
+                os.close(fd)
 
 
 def main() -> None:
@@ -339,7 +386,7 @@ def main() -> None:
         isolation = Isolation(**message["isolation"])
         verdict = run_job(message["job"], isolation)
         wire.write_trusted(replies, verdict)
-        prepare_spare(isolation)
+        prepare_server(isolation)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
-"""The candidate process: runs model-generated code and answers the judge's calls with plain values.
+"""The candidates' side: a fork server whose children run model-generated code and answer with plain values.
 
-Started by the judge as `python -I -S THIS REQUEST_FD REPLY_FD` (inside bubblewrap when namespaces are on). Standard
-library only, and few imports: its start-up time is most of the cost of grading one completion. It holds nothing
-that certifies a pass: it never sees the tests, expected values or any token; it only runs the candidate's code and
-sends back what the candidate's functions return, encoded by the strict plain-value encoder. If the candidate
-tampers with this process, the worst it can send is plain values of its own choosing.
+Started by the judge as `python -I -S THIS CONTROL_FD` (inside bubblewrap when namespaces are on), it forks, for
+every job, a child that confines itself and runs the candidate, so that no job pays for an interpreter's start-up.
+Standard library only. The child holds nothing that certifies a pass: it never sees the tests, expected values or
+any token; it only runs the candidate's code and sends back what the candidate's functions return, encoded by the
+strict plain-value encoder. If the candidate tampers with its process, the worst it can send is plain values of its
+own choosing.
 
-Order of events: read the one job message (limits, Landlock paths, the seccomp program, the code), set rlimits,
-restrict the file system with Landlock, load the seccomp filter, then compile and run the candidate's code.
+Order of events in the child: from its one job message (limits, Landlock paths, the seccomp program, the code), set
+rlimits, restrict the file system with Landlock, load the seccomp filter, then compile and run the candidate's code.
 Everything the candidate's code could exploit is in place before the first byte of it is compiled.
 """
 
@@ -16,7 +17,7 @@ import os
 import resource
 import sys
 
-REQUESTS, REPLIES = int(sys.argv[1]), int(sys.argv[2])
+REQUESTS = REPLIES = -1  # the job's pipes, set in each forked child
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 
 
@@ -184,25 +185,27 @@ def _serve(wire, code, io_mode):
             wire.write_json(REPLIES, _exception_json(wire, OverflowError("result too large")))
 
 
-def main():
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _wire as wire
-
-    del sys.path[0]
-    job = wire.read_trusted(REQUESTS)  # the limits, the confinement, then the code: nothing runs before them
-    _set_limits(job["limits"])
-    if job.get("landlock"):
-        _apply_landlock(job["landlock"])
-    if job.get("seccomp"):
-        _load_seccomp(job["seccomp"])
-    os.chdir(job["workdir"])
+def _job(wire, job, requests, replies, stderr, own_session):
+    """In the forked child: confine this process, then run the candidate and serve the judge. Never returns."""
+    global REQUESTS, REPLIES
+    REQUESTS, REPLIES = requests, replies
     try:
+        os.dup2(stderr, 2)
+        os.close(stderr)
+        if own_session:
+            os.setsid()  # without a PID namespace, its process group is what the server kills afterwards
+        _set_limits(job["limits"])
+        if job.get("landlock"):
+            _apply_landlock(job["landlock"])
+        if job.get("seccomp"):
+            _load_seccomp(job["seccomp"])
+        os.chdir(job["workdir"])
         _serve(wire, job["code"], job["io"])
     except BaseException as error:  # noqa: B036
-        import traceback
-
-        traceback.print_exc()
         try:
+            import traceback
+
+            traceback.print_exc()
             wire.write_json(REPLIES, _exception_json(wire, error, prefix='"ok":false,'))
         except BaseException:  # noqa: B036
             pass
@@ -212,6 +215,79 @@ def main():
             sys.stderr.flush()
         finally:
             os._exit(0)
+
+
+def _receive(control, wire):
+    """One job from the judge: a 4-byte length sent with the job's descriptors, then the marshalled job."""
+    import marshal
+    import socket
+
+    header, fds, _, _ = socket.recv_fds(control, 4, 3)
+    if not header:
+        raise EOFError
+    while len(header) < 4:
+        more = control.recv(4 - len(header))
+        if not more:
+            raise EOFError
+        header += more
+    size, body = int.from_bytes(header, "big"), b""
+    while len(body) < size:
+        chunk = control.recv(min(size - len(body), 1 << 20))
+        if not chunk:
+            raise EOFError
+        body += chunk
+    return marshal.loads(body), fds
+
+
+def main():
+    """The fork server: one warm interpreter per judge that forks a fresh, confined child for every job.
+
+    With namespaces it is PID 1 of the sandbox, so after each job `kill(-1, SIGKILL)` ends every process the job
+    left (a PID namespace's init cannot be signalled from inside it, and it is not dumpable, so it cannot be
+    traced). It never runs candidate code, and it never sees tests: only each job's code and confinement."""
+    import ctypes
+    import signal
+    import socket
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _wire as wire
+
+    del sys.path[0]
+    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+    control = socket.socket(fileno=int(sys.argv[1]))
+    is_init = os.getpid() == 1
+    while True:
+        try:
+            job, fds = _receive(control, wire)
+        except (EOFError, OSError, ValueError):
+            os._exit(0)
+        if len(fds) != 3:
+            os._exit(1)
+        pid = os.fork()
+        if pid == 0:
+            control.close()
+            _job(wire, job, *fds, own_session=not is_init)
+        for fd in fds:
+            os.close(fd)
+        try:
+            ended = control.recv(1)  # the judge is done with this job (or gone)
+        except OSError:
+            ended = b""
+        try:
+            if is_init:
+                os.kill(-1, signal.SIGKILL)  # everything in the namespace but this process
+            else:
+                os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+        if not ended:
+            os._exit(0)
+        control.sendall(b"c")
 
 
 if __name__ == "__main__":

