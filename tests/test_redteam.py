@@ -467,10 +467,12 @@ def test_each_layer_off_still_blocks_every_attack(layer_off, tmp_path):
     try:
         with LocalExecutor(2, isolation=isolation) as executor:
             verdicts = executor.run(jobs)
-        for attack, target, verdict in zip(ATTACKS, targets, verdicts):
-            if (layer_off, attack.name) not in _DEGRADED_REWARD_ALLOWED:
-                assert not verdict.passed, f"{attack.name} earned the reward without {layer_off}: {verdict}"
-            assert attack.harmed is None or not attack.harmed(target), f"{attack.name} left a trace: no {layer_off}"
+            # Checked while the sandboxes are still up: what a job leaves must be gone when its verdict is.
+            for attack, target, verdict in zip(ATTACKS, targets, verdicts):
+                if (layer_off, attack.name) not in _DEGRADED_REWARD_ALLOWED:
+                    assert not verdict.passed, f"{attack.name} earned the reward without {layer_off}: {verdict}"
+                harmed = attack.harmed is not None and attack.harmed(target)
+                assert not harmed, f"{attack.name} left a trace without {layer_off}"
     finally:
         for target in targets:
             target.close()
