@@ -247,8 +247,18 @@ def f(x):
     return 2
 """
 
+PLANT_FOR_NEXT_JOB = _code(
+    """
+    import os
+    for name in ["job" + str(i) for i in range(300)] + ["planted"]:  # the names later jobs' directories might take
+        os.makedirs(os.path.join(os.path.dirname(os.getcwd()), name), exist_ok=True)
+    OK = True
+    """
+)
+
 ATTACKS = [
     Attack("shadow_builtin_used_by_tests", SHADOW_BUILTIN),
+    Attack("plant_files_beside_its_directory", PLANT_FOR_NEXT_JOB),
     Attack("frame_walk_forge", FRAME_WALK_FORGE),
     Attack("read_expected_outputs", READ_EXPECTED),
     Attack("always_equal_object", ALWAYS_EQUAL),
@@ -402,9 +412,11 @@ print(TOKEN)
 def _run_naively(code: str, tmp: Path) -> bool:
     """The positive control: candidate and tests in one unsandboxed process; passed if the token is printed."""
     token = "tok-" + secrets.token_hex(8)
+    cwd = tmp / f"naive-{token}"
+    cwd.mkdir()
     result = subprocess.run(
         [sys.executable, "-I", "-c", NAIVE_HARNESS, token, code, TESTS],
-        cwd=tmp,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=30,
@@ -443,6 +455,7 @@ def test_attack_works_unsandboxed_and_fails_in_the_sandbox(attack, tmp_path, ful
     try:
         (verdict,) = full_executor.run(jobs)
         assert not verdict.passed, f"{attack.name} earned the reward: {verdict}"
+        assert [v.passed for v in full_executor.run([GOOD] * 2)] == [True] * 2
         assert attack.harmed is None or not attack.harmed(targets[0]), f"{attack.name} left a trace"
         if "victim" in targets[0].values:
             assert targets[0].values["victim"].poll() is None
@@ -454,7 +467,13 @@ def test_attack_works_unsandboxed_and_fails_in_the_sandbox(attack, tmp_path, ful
 # Attacks a single missing layer lets "succeed" by their own measure, without harm: without seccomp a fork
 # succeeds, but the process dies with the sandbox's PID namespace; a UDP datagram is sent, but to the sandbox's own
 # loopback interface (its network namespace), so no byte reaches the listener.
-_DEGRADED_REWARD_ALLOWED = {("seccomp", "fork_setsid_survivor"), ("seccomp", "udp_sendmsg")}
+# Without Landlock, a job may write beside its own directory (inside the sandbox's, removed after each job).
+_DEGRADED_REWARD_ALLOWED = {
+    ("seccomp", "fork_setsid_survivor"),
+    ("seccomp", "udp_sendmsg"),
+    ("landlock", "plant_files_beside_its_directory"),
+}
+GOOD = CodeJob(code="def f(x):\n    return x + 1\n", tests=TESTS)
 
 
 @pytest.mark.parametrize("layer_off", FEATURES)
@@ -473,6 +492,8 @@ def test_each_layer_off_still_blocks_every_attack(layer_off, tmp_path):
                     assert not verdict.passed, f"{attack.name} earned the reward without {layer_off}: {verdict}"
                 harmed = attack.harmed is not None and attack.harmed(target)
                 assert not harmed, f"{attack.name} left a trace without {layer_off}"
+            # And the attacks changed nothing for the completions graded after them.
+            assert [v.passed for v in executor.run([GOOD] * 4)] == [True] * 4
     finally:
         for target in targets:
             target.close()
@@ -483,3 +504,12 @@ def test_require_full_isolation_refuses_a_switched_off_layer():
 
     with pytest.raises(IsolationUnavailable):
         LocalExecutor(1, isolation=Isolation(seccomp=False), require_full_isolation=True)
+
+
+def test_a_job_cannot_disturb_the_next_ones_even_without_landlock():
+    """Without Landlock a job can write beside its own directory, e.g. the directories later jobs would use; the
+    next jobs on the same sandbox must still be graded correctly."""
+    _require_full_isolation()
+    with LocalExecutor(1, isolation=Isolation(landlock=False)) as executor:
+        executor.run([CodeJob(code=PLANT_FOR_NEXT_JOB, tests=TESTS)])
+        assert [v.passed for v in executor.run([GOOD] * 3)] == [True] * 3

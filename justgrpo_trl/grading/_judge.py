@@ -191,6 +191,7 @@ class _Server:
         self.root = tempfile.mkdtemp(prefix="justgrpo-sandbox-")
         self.jobs = 0
         self.workdir: str | None = None
+        self.sent: bool | None = False  # the current job: not sent, sent, or broken off while sending
         self.control, theirs = socket.socketpair()
         self.process: subprocess.Popen | None = None
         try:
@@ -223,7 +224,7 @@ class _Server:
     def start(self, job: dict[str, Any], timeout: float, stderr: Any) -> tuple[int, int]:
         """Send one job; returns the judge's ends of its pipes (requests, replies)."""
         self.jobs += 1
-        name = f"job{self.jobs}"
+        name = f"job{self.jobs}-{os.urandom(6).hex()}"  # unguessable: a job cannot prepare the next one's
         self.workdir = workdir = os.path.join(self.root, name)
         os.mkdir(workdir)
         if self.launch.user is not None:
@@ -248,12 +249,15 @@ class _Server:
             "io": job.get("io_cases") is not None,
         }
         body = marshal.dumps(message)
+        self.sent = False
         request_read, request_write = os.pipe()
         reply_read, reply_write = os.pipe()
         try:
             theirs = [request_read, reply_write, stderr.fileno()]
+            self.sent = None  # from here on, a failure leaves the server mid-message: it must be replaced
             socket.send_fds(self.control, [len(body).to_bytes(4, "big")], theirs)
             self.control.sendall(body)
+            self.sent = True
         except BaseException:
             for fd in (request_write, reply_read):
                 os.close(fd)
@@ -267,16 +271,25 @@ class _Server:
         """End the current job: every process it started is killed, then its directory is removed. False if the
         server did not confirm the killing."""
         try:
+            if self.sent is None:
+                return False
+            if not self.sent:
+                return True  # the job never reached the server
             self.control.sendall(b"e")
             self.control.settimeout(timeout)
             return self.control.recv(1) == b"c"
         except OSError:
             return False
         finally:
+            self.sent = False
             self.control.settimeout(None)
-            if self.workdir is not None:
-                shutil.rmtree(self.workdir, ignore_errors=True)
-                self.workdir = None
+            self.workdir = None
+            for entry in os.listdir(self.root):  # the job's directory, and anything it left beside it
+                path = os.path.join(self.root, entry)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
 
     def close(self) -> None:
         """Kill the server and its sandbox (bubblewrap's PID namespace takes every process with it)."""
