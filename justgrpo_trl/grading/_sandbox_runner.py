@@ -253,7 +253,9 @@ def main():
     import _wire as wire
 
     del sys.path[0]
-    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+    prctl = getattr(ctypes.CDLL(None), "prctl", None)  # Linux only
+    if prctl is not None:
+        prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: its children cannot attach to it
     control = socket.socket(fileno=int(sys.argv[1]))
     is_init = os.getpid() == 1
     while True:
