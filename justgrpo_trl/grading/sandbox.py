@@ -1,4 +1,8 @@
-"""Run untrusted (model-generated) Python code in a sandboxed subprocess and say whether it ran to completion.
+"""Run a whole untrusted Python program in a guarded subprocess and say whether it ran to completion.
+
+Not what `code_reward` uses: rewards are decided by `justgrpo_trl.grading.executor` (tests in a judge process,
+the candidate in an OS-isolated process; see the README's "Code sandbox"). This helper runs program and tests in
+one process, so a program can forge its own success; keep it for running code whose result nobody rewards.
 
 Layers, from the outside in:
 

