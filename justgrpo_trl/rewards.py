@@ -27,6 +27,7 @@ from .grading.executor import CodeExecutor, LocalExecutor, default_executor
 from .grading.math import extract_answer, extract_boxed, extract_gsm8k_gold, math_equal_batch
 
 __all__ = [
+    "CODE_TEST_COLUMNS",
     "FORMAT_BONUS",
     "boxed_format_reward",
     "code_format_reward",
@@ -45,7 +46,7 @@ Completion = str | list[dict[str, Any]]
 FORMAT_BONUS = 0.1
 
 # Dataset columns that carry code tests (see `justgrpo_trl.grading.code`).
-_CODE_TEST_COLUMNS = (
+CODE_TEST_COLUMNS = (
     "test", "entry_point", "test_list", "test_setup_code", "test_imports", "test_cases", "inputs", "outputs",
 )  # fmt: skip
 _CLOSED_PYTHON_FENCE_RE = re.compile(r"```[ \t]*(?:python3?|py)[^\n]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -211,7 +212,7 @@ def _score_code(
             prompt=_prompt_text(prompts[i]) if prompts is not None else None,
             timeout=timeout,
             memory_mb=memory_mb,
-            **{column: _column(columns, column, i) for column in _CODE_TEST_COLUMNS},
+            **{column: _column(columns, column, i) for column in CODE_TEST_COLUMNS},
         )
         for i, completion in enumerate(completions)
     ]

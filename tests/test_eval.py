@@ -145,6 +145,12 @@ def test_local_task_layouts_prompts_and_grading(tmp_path):
         },
         {"task_id": 12, "text": "Sort the set.", "code": "", "test_list": ["assert set(sort_set([2, 1])) == {1, 2}"]},
     ]
+    stdio = [{"task_id": "io/1", "question": "Print the sum of two numbers.", "inputs": ["1 2\n"], "outputs": ["3\n"]}]
+    spec, problems = load_problems(write_jsonl(tmp_path / "stdio.jsonl", stdio))
+    assert spec.kind == "code"
+    reads = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+    assert [g.correct for g in Grader("code")(problems * 2, [reads, "```python\nprint(4)\n```"])] == [True, False]
+
     spec, problems = load_problems(write_jsonl(tmp_path / "mbpp.jsonl", mbpp))
     assert "`remove_Occ`" in problems[0].prompt and "`sort_set`" in problems[1].prompt
     spec, problems = load_problems(write_jsonl(tmp_path / "t.jsonl", GSM8K_ROWS), prompt_template="Q: {question}")

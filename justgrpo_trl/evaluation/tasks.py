@@ -19,13 +19,13 @@ from typing import Any
 from ..grading.code import extract_code
 from ..grading.math import extract_answer
 from ..grading.reference import reference_extract_answer, reference_gold, reference_math_equal_batch
-from ..rewards import gold_math_answer, make_code_reward, make_math_reward
+from ..rewards import CODE_TEST_COLUMNS, gold_math_answer, make_code_reward, make_math_reward
 
 __all__ = ["TASKS", "GradeResult", "Grader", "Problem", "TaskSpec", "load_problems", "resolve_task"]
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 MATH_COLUMNS = ("answer", "solution")
-CODE_COLUMNS = ("test", "entry_point", "test_list", "test_setup_code", "test_imports", "test_cases")
+CODE_COLUMNS = CODE_TEST_COLUMNS  # what `code_reward` reads, stdin/stdout `inputs`/`outputs` included
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def infer_task(rows: Sequence[dict[str, Any]], name: str) -> TaskSpec:
         return TaskSpec(name, "code", humaneval_prompt, id_column="task_id")
     if "test_list" in columns:
         return TaskSpec(name, "code", mbpp_prompt, id_column="task_id")
-    if columns & {"test", "test_cases"}:
+    if columns & {"test", "test_cases", "inputs"}:
         return TaskSpec(name, "code", plain_prompt, id_column="task_id")
     if "question" in columns and "answer" in columns:
         return TaskSpec(name, "math", gsm8k_prompt, id_column="id")
