@@ -1,4 +1,5 @@
-"""Engines on 2 CPU processes (gloo): DeepSpeed ZeRO-2 and ZeRO-3 against DDP, and ZeRO-2 as two machines.
+"""Engines on 2 CPU processes (gloo): DeepSpeed ZeRO-2 and ZeRO-3 against DDP, and ZeRO-2 as two machines on
+127.0.0.1 (with a shared `output_dir`, and with each machine's own tmpfs there, in its own mount namespace).
 
 One `accelerate launch` per engine runs `engine_train_script.py` (one SGD step, two accumulation steps, a checkpoint),
 shared by every test of the module; the DeepSpeed launches use the recipes' own `accelerate_configs/zero{2,3}.yaml`.
@@ -137,18 +138,20 @@ def private_mount_prefix(directory: Path) -> list[str] | None:
     return None
 
 
-def test_two_machines_on_localhost_with_private_disks(
-    tmp_path, tiny_checkpoint, deepspeed_comm_op, engine_run, initial
-):
-    """`accelerate_configs/multinode_zero2.yaml` launched as two machines of one process each on 127.0.0.1, each
-    with its own tmpfs at the same `output_dir` (disks that are not shared): both join and train (the update is
-    DDP's), and each machine publishes its own `checkpoint-1`, whose ZeRO partitions together rebuild the saved
-    model exactly."""
+@pytest.mark.parametrize("disks", ["private", "shared"])
+def test_two_machines_on_localhost(tmp_path, tiny_checkpoint, deepspeed_comm_op, engine_run, initial, disks):
+    """`accelerate_configs/multinode_zero2.yaml` launched as two machines of one process each on 127.0.0.1: both join
+    and train (the update is DDP's), and their ZeRO partitions together rebuild the saved model exactly.
+
+    `private`: each machine has its own tmpfs at the same `output_dir` (disks that are not shared), and each publishes
+    its own `checkpoint-1`. `shared`: one `checkpoint-1` holds both partitions, published once."""
     run_dir = tmp_path / "trainer"
     run_dir.mkdir()
-    prefix = private_mount_prefix(run_dir)
-    if prefix is None:
-        pytest.skip("no mount namespace here (unshare -m as root, or unshare -U -r -m) to give each machine a disk")
+    prefix = []
+    if disks == "private":
+        prefix = private_mount_prefix(run_dir)
+        if prefix is None:
+            pytest.skip("no mount namespace (unshare -m as root, or unshare -U -r -m) to give each machine a disk")
     port = str(_free_port())
     config = str(ROOT / "accelerate_configs" / "multinode_zero2.yaml")
     machines = []
@@ -158,15 +161,11 @@ def test_two_machines_on_localhost_with_private_disks(
             *("--main_process_ip", "127.0.0.1", "--main_process_port", port),
             *(str(SCRIPT), tiny_checkpoint, str(tmp_path), "--copy_out"),
         )
-        shell = f"mount -t tmpfs none '{run_dir}' && exec \"$@\""
+        if prefix:
+            launch = [*prefix, "sh", "-c", f"mount -t tmpfs none '{run_dir}' && exec \"$@\"", "machine", *launch]
         machines.append(
             subprocess.Popen(
-                [*prefix, "sh", "-c", shell, "machine", *launch],
-                env=ENV,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
+                launch, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
             )
         )
     logs = []
@@ -178,23 +177,29 @@ def test_two_machines_on_localhost_with_private_disks(
             if machine.poll() is None:
                 os.killpg(machine.pid, signal.SIGKILL)
     assert [m.returncode for m in machines] == [0, 0], "\n".join(log[-4000:] for log in logs)
-    assert not any(run_dir.iterdir())  # the trainer wrote to the machines' own disks only
 
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2] and all(r["blocker"] is None for r in ranks)
     error = relative_update_error(ranks[0]["after"], engine_run("ddp")[0]["after"], initial)
     assert error < 1e-5, f"two-machine ZeRO-2 update differs from DDP's by {error:.3g} (relative)"
 
-    disks = [tmp_path / f"machine_of_rank{r}" for r in (0, 1)]
-    for disk in disks:
-        assert sorted(p.name for p in disk.iterdir() if "checkpoint" in p.name) == ["checkpoint-1"], disk
+    # What each machine's `output_dir` held at the end (its copy: a private tmpfs is gone once the machine exits).
+    outputs = [tmp_path / f"machine_of_rank{r}" for r in (0, 1)]
+    for output in outputs:
+        assert sorted(p.name for p in output.iterdir() if "checkpoint" in p.name) == ["checkpoint-1"], output
     partitions = [
-        sorted(p.name for p in (d / "checkpoint-1" / "global_step1").glob("*optim_states.pt")) for d in disks
+        sorted(p.name for p in (out / "checkpoint-1" / "global_step1").glob("*optim_states.pt")) for out in outputs
     ]
-    assert partitions == [["zero_pp_rank_0_mp_rank_00_optim_states.pt"], ["zero_pp_rank_1_mp_rank_00_optim_states.pt"]]
+    names = [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
     merged = tmp_path / "merged"
-    shutil.copytree(disks[0] / "checkpoint-1", merged)
-    shutil.copy(disks[1] / "checkpoint-1" / "global_step1" / partitions[1][0], merged / "global_step1")
+    shutil.copytree(outputs[0] / "checkpoint-1", merged)
+    if disks == "private":
+        assert not any(run_dir.iterdir())  # the trainer wrote to the machines' own disks only
+        assert partitions == [names[:1], names[1:]]
+        shutil.copy(outputs[1] / "checkpoint-1" / "global_step1" / names[1], merged / "global_step1")
+    else:
+        assert sorted(p.name for p in run_dir.iterdir()) == ["README.md", "checkpoint-1"]
+        assert partitions == [names, names]
     saved = load_file(merged / "model.safetensors")
     rebuilt = zero_partitions_state_dict(merged)
     assert rebuilt.keys() == saved.keys()
