@@ -14,14 +14,23 @@ activations freed. The gradient is the same sum, but this saves two costs of one
 TRL's own `_compute_loss` once, on the scored values, for the loss value and the metrics, and checks that the two
 agree. Sequence-level importance sampling, `vespo`, the off-policy mask, an entropy mask from the current entropies
 and the entropy bonus couple tokens together; they keep the checkpointed path (`estimators.scoring.score_canvases`).
+
+Under DeepSpeed (`ChunkBackward.for_accelerator`) every chunk but the last goes through the engine's own backward with
+the gradient-accumulation boundary off, so the engine neither steps nor rescales (TRL's normaliser already divided by
+the accumulation steps); the last chunk is left to the Trainer's backward, which sets the boundary as accelerate's
+gradient accumulation says and steps there. ZeRO-2/3 reduce (and ZeRO-3 gathers) in every chunk's backward and
+forward, so every rank runs as many chunks: the ranks with fewer pad with weight-0 dummy chunks.
 """
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, gather
 from trl import GRPOTrainer
 
 from .collators import ARScoringCanvases, ScoringChunk
@@ -116,12 +125,14 @@ def backward_chunk_by_chunk(
     token_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     backward: Callable[[torch.Tensor], None],
     no_sync: Callable[[], AbstractContextManager] = nullcontext,
+    num_chunks: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score each chunk (`forward` returns its `[C]` log-probs and entropies, with gradient) and backpropagate its
     share of the loss at once, every chunk but the last inside `no_sync` (DDP reduces once, in the last backward).
 
-    The last chunk's loss is returned still attached, for the caller's own backward. A batch with nothing to score
-    runs one dummy chunk with weight 0, so that every parameter still gets a (zero) gradient and DDP still reduces.
+    The last chunk's loss is returned still attached, for the caller's own backward. `num_chunks` (at least the
+    number of real chunks) pads with dummy chunks of weight 0, as ZeRO-2/3 need when their backward is collective; a
+    batch with nothing to score runs one, so that every parameter still gets a (zero) gradient and DDP still reduces.
 
     Returns `(logps, entropies, loss_value, last_loss)`: the scored values `[B, T]` (0 elsewhere) and the loss
     value, detached, then the last chunk's loss.
@@ -129,7 +140,7 @@ def backward_chunk_by_chunk(
     shape, device = (canvases.batch_size, canvases.completion_width), canvases.completions.device
     logps, entropies = torch.zeros(shape, device=device), torch.zeros(shape, device=device)
     total = torch.zeros((), device=device)
-    num_chunks = max(len(canvases), 1)
+    num_chunks = max(num_chunks or 0, len(canvases), 1)
     for index in range(num_chunks):
         real = index < len(canvases)
         chunk = canvases.chunk(index) if real else canvases.views(*(canvases.rows.new_zeros(1),) * 2)
@@ -151,7 +162,7 @@ def backward_chunk_by_chunk(
 
 def chunked_backward_blockers(trainer: GRPOTrainer, chunkable: bool) -> str | None:
     """Why the chunked backward cannot run with a trainer's settings (None when it can): the estimator must be
-    `chunkable`, the loss a sum of per-token terms, and each chunk's backward a plain (or DDP) backward."""
+    `chunkable`, the loss a sum of per-token terms, and each chunk's backward a plain, DDP or DeepSpeed backward."""
     args = trainer.args
     reasons = {
         "chunked_backward=False": not args.chunked_backward,
@@ -164,7 +175,6 @@ def chunked_backward_blockers(trainer: GRPOTrainer, chunkable: bool) -> str | No
         ),
         "an entropy bonus": trainer._entropy_bonus_enabled,
         "a router auxiliary loss": trainer.aux_loss_enabled,
-        "DeepSpeed, whose backward also steps": trainer.is_deepspeed_enabled,
         "FSDP": trainer.is_fsdp_enabled,
         "torch.nn.DataParallel (n_gpu > 1)": args.n_gpu > 1,
     }
@@ -205,3 +215,39 @@ def token_loss_for(
         sapo_temperature_pos=trainer.args.sapo_temperature_pos,
         sapo_temperature_neg=trainer.args.sapo_temperature_neg,
     )
+
+
+@dataclass
+class ChunkBackward:
+    """How one chunk that is not a micro-batch's last is backpropagated, under the engine that wraps the model.
+
+    `backward(loss)` accumulates the chunk's gradient without any optimizer step; `no_sync()` defers DDP's gradient
+    reduction to the last chunk; `num_chunks(n)` is the chunk count this rank runs when it has `n`: the largest over
+    the ranks where each chunk's forward or backward is collective (DeepSpeed ZeRO-2 reduces gradients in every
+    backward, ZeRO-3 also gathers parameters in every forward), `n` otherwise.
+    """
+
+    backward: Callable[[torch.Tensor], None]
+    no_sync: Callable[[], AbstractContextManager] = nullcontext
+    num_chunks: Callable[[int], int] = field(default=lambda count: count)
+
+    @classmethod
+    def for_accelerator(cls, accelerator: Accelerator, model: torch.nn.Module) -> "ChunkBackward":
+        """The per-chunk backward for `model` as `accelerator` prepared it (DDP, DeepSpeed or a plain module)."""
+        no_sync = partial(accelerator.no_sync, model)  # DDP's no_sync; under ZeRO-2/3 accelerate makes it a no-op
+        if accelerator.distributed_type != DistributedType.DEEPSPEED:
+            return cls(accelerator.backward, no_sync)
+        engine = accelerator.deepspeed_engine_wrapped.engine
+
+        def engine_backward(loss: torch.Tensor) -> None:
+            # Boundary off: no reduction-for-step and no `engine.step()`; `scale_wrt_gas=False`: TRL's loss weights
+            # already divide by the accumulation steps (as the Trainer's own DeepSpeed backward also says).
+            engine.set_gradient_accumulation_boundary(False)
+            engine.backward(loss, scale_wrt_gas=False)
+
+        def max_over_ranks(count: int) -> int:
+            if accelerator.num_processes == 1:
+                return count
+            return int(gather(torch.tensor([count], device=accelerator.device)).max())
+
+        return cls(engine_backward, no_sync, max_over_ranks)

@@ -156,6 +156,28 @@ def publish_checkpoint(staging: str, final: str) -> None:
         os.close(descriptor)
 
 
+def publish_on_every_machine(
+    staging: str, final: str, process_index: int, local_process_index: int, barrier: Callable[[], None]
+) -> bool:
+    """Publish a checkpoint every process has finished writing to `staging`, on shared and on per-machine disks.
+
+    The first process publishes first. Where `output_dir` is not shared storage, the other machines' processes wrote
+    their part (under DeepSpeed, their ZeRO partitions) to a `staging` of their own disk, which that publish did not
+    touch: each machine's first process then publishes the one it still sees. On shared storage nothing is left to
+    see by then, so nothing is published twice. Every process must call this (it holds barriers). Returns whether
+    this process published a machine's own staging directory (the disk is then not shared with the first process).
+    """
+    barrier()  # every part written
+    if process_index == 0:
+        publish_checkpoint(staging, final)
+    barrier()  # the first publish is done: on shared storage `staging` is gone everywhere
+    local = process_index != 0 and local_process_index == 0 and os.path.isdir(staging)
+    if local:
+        publish_checkpoint(staging, final)
+    barrier()  # every machine's checkpoint is in place before any process goes on (or resumes from it)
+    return local
+
+
 class EpochSeededRepeatSampler(RepeatSampler):
     """TRL's `RepeatSampler` whose shuffle depends only on (seed, epoch).
 
@@ -244,16 +266,24 @@ class RunReliabilityMixin:
 
     def _save_checkpoint(self, model, trial):
         """Write the checkpoint under `tmp-checkpoint-N`, then rename it to `checkpoint-N` once complete, so a crash
-        while saving never leaves a directory that `--resume_from_checkpoint` would take for a checkpoint."""
+        while saving never leaves a directory that `--resume_from_checkpoint` would take for a checkpoint; on every
+        machine whose `output_dir` is its own disk, too (`publish_on_every_machine`)."""
         run_dir = self._get_output_dir(trial=trial)
         step = self.state.global_step
         staging = os.path.join(run_dir, f"{STAGING_PREFIX}-{step}")
         final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
         with staged_checkpoint_names(transformers.trainer, trl.trainer.grpo_trainer):
             super()._save_checkpoint(model, trial)
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            publish_checkpoint(staging, final)
-            if self.state.best_model_checkpoint == staging:
-                self.state.best_model_checkpoint = final
-        self.accelerator.wait_for_everyone()
+        own_disk = publish_on_every_machine(
+            staging, final, self.args.process_index, self.args.local_process_index, self.accelerator.wait_for_everyone
+        )
+        if own_disk and not self.args.save_on_each_node and not getattr(self, "_warned_unshared_output_dir", False):
+            self._warned_unshared_output_dir = True
+            logger.warning(
+                f"output_dir is not shared with the first machine: {final} on this machine holds only what its own "
+                "processes wrote (e.g. their ZeRO partitions). To resume from per-machine disks, set "
+                "save_on_each_node=True (and DeepSpeed's checkpoint.use_node_local_storage=true) so that every "
+                "machine also has the model, trainer state and DeepSpeed's `latest` tag; see the README, multi-node."
+            )
+        if self.state.best_model_checkpoint == staging:
+            self.state.best_model_checkpoint = final

@@ -26,7 +26,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import _ForwardRedirection, unwrap_model_for_generation
 
 from . import validation
-from .chunked_backward import backward_chunk_by_chunk, chunked_backward_blockers, token_loss_for
+from .chunked_backward import ChunkBackward, backward_chunk_by_chunk, chunked_backward_blockers, token_loss_for
 from .config import JustGRPOConfig
 from .estimators import ESTIMATORS, EstimatorContext, ScoringBatch
 from .estimators.base import pad_lists
@@ -257,8 +257,9 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
             )
             return logps[:, 0], entropies[:, 0]
 
+        engine = ChunkBackward.for_accelerator(self.accelerator, model)
         logps, entropies, value, last = backward_chunk_by_chunk(
-            forward, plan.canvases, token_loss, self.accelerator.backward, partial(self.accelerator.no_sync, model)
+            forward, plan.canvases, token_loss, engine.backward, engine.no_sync, engine.num_chunks(len(plan.canvases))
         )
         self._scored = (logps, entropies if plan.entropies is None else plan.entropies)
         try:

@@ -1,13 +1,18 @@
 """`chunked_backward`: the per-token loss against TRL's own `_compute_loss`, and the chunk-by-chunk backward against
 the checkpointed path, in fp32."""
 
+from contextlib import nullcontext
+from types import SimpleNamespace
+
 import pytest
 import torch
+from accelerate.utils import DistributedType
 from test_trainer_exact import make_trainer, prompt_ids, rollout, trainer_gradients, trl_batch
 from trl import GRPOTrainer
 
 import justgrpo_trl.chunked_backward as chunked_backward_module
-from justgrpo_trl.chunked_backward import SEPARABLE_LOSS_TYPES, loss_weights
+import justgrpo_trl.trainer as trainer_module
+from justgrpo_trl.chunked_backward import SEPARABLE_LOSS_TYPES, ChunkBackward, loss_weights
 
 B, T = 4, 6
 LENGTHS = [6, 3, 1, 5]
@@ -249,3 +254,63 @@ def test_every_chunk_but_the_last_backpropagates_inside_no_sync(stop_heavy_model
     assert num_chunks >= 3
     assert backward_calls == [True] * (num_chunks - 1)
     assert loss.requires_grad  # the last chunk is left to the Trainer's own backward, outside no_sync
+
+
+def test_deepspeed_chunks_go_through_the_engine_with_the_boundary_off():
+    """Under DeepSpeed a chunk that is not the last is backpropagated by the engine itself, with the accumulation
+    boundary off (no reduction-for-step, no `engine.step()`) and no division by the accumulation steps (TRL's loss
+    weights already divide); the Trainer's own backward, which steps, is left for the last chunk."""
+    calls = []
+
+    class Engine:
+        def set_gradient_accumulation_boundary(self, is_boundary):
+            calls.append(("boundary", is_boundary))
+
+        def backward(self, loss, **kwargs):
+            calls.append(("backward", kwargs))
+            loss.backward()
+
+        def step(self):
+            calls.append(("step",))
+
+    accelerator = SimpleNamespace(
+        distributed_type=DistributedType.DEEPSPEED,
+        deepspeed_engine_wrapped=SimpleNamespace(engine=Engine()),
+        num_processes=1,
+        no_sync=lambda model: nullcontext(),
+        backward=lambda loss, **kwargs: calls.append(("accelerator.backward", kwargs)),
+    )
+    chunk = ChunkBackward.for_accelerator(accelerator, torch.nn.Linear(1, 1))
+    x = torch.ones(3, requires_grad=True)
+    chunk.backward((2 * x).sum())
+    assert calls == [("boundary", False), ("backward", {"scale_wrt_gas": False})]
+    assert torch.equal(x.grad, torch.full((3,), 2.0))
+    assert chunk.num_chunks(5) == 5  # one process: nothing to pad
+
+
+def test_dummy_chunks_pad_without_changing_the_gradient(stop_heavy_model, tmp_path, monkeypatch):
+    """Ranks that score fewer chunks pad to the others' count (ZeRO-2/3): the dummy chunks run forwards and backwards
+    of weight 0, and the gradient stays the same."""
+    model, tokenizer, tokens = stop_heavy_model
+    trainer = make_trainer(model, tokenizer, tmp_path, logprob_chunk_size=4)
+    prompts = prompt_ids(tokenizer)[:4]
+    completions, _ = rollout(trainer, prompts)
+    chunks = -(-sum(map(len, completions)) // 4)
+    advantages = torch.tensor([1.0, -1.0, 0.5, 0.0])
+    expected = trainer_gradients(trainer, prompts, completions, advantages, tokens, chunked=True)
+    for_accelerator = ChunkBackward.for_accelerator
+
+    def padded(accelerator, wrapped):
+        plain = for_accelerator(accelerator, wrapped)
+        return ChunkBackward(plain.backward, plain.no_sync, lambda count: count + 3)
+
+    monkeypatch.setattr(trainer_module.ChunkBackward, "for_accelerator", staticmethod(padded))
+    forwards = []
+    hook = trainer.model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    try:
+        grads = trainer_gradients(trainer, prompts, completions, advantages, tokens, chunked=True)
+    finally:
+        hook.remove()
+    assert len(forwards) == chunks + 3
+    for name, grad in expected.items():
+        assert torch.allclose(grads[name], grad, rtol=1e-6, atol=1e-9), name
