@@ -12,6 +12,8 @@ from trl import GRPOConfig
 from .estimators import ESTIMATORS
 from .reliability import REWARD_ERROR_POLICIES
 
+OBJECTIVES = ("trl", "paper", "paper_early_stop")
+
 
 @dataclass
 class JustGRPOConfig(GRPOConfig):
@@ -77,6 +79,20 @@ class JustGRPOConfig(GRPOConfig):
         default=24,
         metadata={"help": "agrpo: denoising steps K sampled (stratified) per trajectory and update; more = exact."},
     )
+    objective: str = field(
+        default="trl",
+        metadata={
+            "help": "The training objective of estimator='ar_exact'. 'trl' (default): TRL's `loss_type` normaliser on "
+            "the tokens up to each completion's first stop token (rollouts stop there). 'paper': the JustGRPO "
+            "reference's `grpo.py` exactly: rollouts decode all max_completion_length slots (no early stop), every "
+            "slot is trained, the tokens after the first stop token included, and each token's term is weighted "
+            "1 / L / n_valid, n_valid being the mean over processes of the number of samples with a non-zero "
+            "advantage in the generation batch (a generation batch with n_valid = 0 has zero loss); rewards still "
+            "see each completion up to its first stop token. 'paper_early_stop': the efficient mode, the paper's "
+            "1 / L / n_valid weighting on the tokens up to the first stop token, with rollouts that stop there. "
+            "The 'paper*' objectives need beta=0, a clipped loss_type and token-level importance sampling."
+        },
+    )
     justgrpo_fast: bool = field(
         default=False,
         metadata={
@@ -132,6 +148,8 @@ class JustGRPOConfig(GRPOConfig):
             raise ValueError(f"prompt_truncation must be 'error' or 'left', got {self.prompt_truncation!r}.")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {tuple(ESTIMATORS)}, got {self.estimator!r}.")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
         if self.justgrpo_fast and self.estimator != "ar_exact":
             raise ValueError("justgrpo_fast applies to estimator='ar_exact' only.")
         ESTIMATORS[self.estimator].check_config(self)

@@ -148,6 +148,7 @@ def ar_decode(
     top_p: float | None = None,
     logit_shift: int = 0,
     generator: torch.Generator | None = None,
+    stop_early: bool = True,
 ) -> DecodeOutput:
     """Autoregressive-order decoding of a masked diffusion LM (JustGRPO's rollout).
 
@@ -156,6 +157,9 @@ def ar_decode(
     `block_length=1, steps=gen_length`. A row leaves the batch at its first stop token; the loop ends when all rows
     have stopped or `gen_length` tokens were drawn. Recorded log-probs use the temperature-scaled distribution
     without top-k/top-p filtering, i.e. exactly what `JustGRPOTrainer` scores.
+
+    `stop_early=False` is the JustGRPO reference's rollout: every row decodes all `gen_length` slots, past its first
+    stop token too, and the returned lists hold all `gen_length` tokens (cut them with `cut_at_stop` for the answer).
     """
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device=device)
@@ -181,9 +185,10 @@ def ar_decode(
         logps[active, step] = step_logps.gather(-1, token[:, None])[:, 0]
         entropies[active, step] = step_entropy
         canvas[active, prompt_width + step] = token
-        finished = torch.isin(token, stop)
-        lengths[active[finished]] = step + 1
-        active = active[~finished]
+        if stop_early:
+            finished = torch.isin(token, stop)
+            lengths[active[finished]] = step + 1
+            active = active[~finished]
     lengths = lengths.tolist()
     return DecodeOutput(
         completion_ids=[row[:n] for row, n in zip(tokens.tolist(), lengths)],
@@ -193,6 +198,14 @@ def ar_decode(
         row_nfe=lengths,
         unmask_steps=[list(range(n)) for n in lengths],
     )
+
+
+def cut_at_stop(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
+    """`ids` up to and including its first stop token (all of it if there is none)."""
+    for index, token in enumerate(ids):
+        if token in stop_ids:
+            return list(ids[: index + 1])
+    return list(ids)
 
 
 # ----------------------------------------------------------------------------------------------------------------

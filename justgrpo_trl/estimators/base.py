@@ -48,6 +48,9 @@ class EstimatorContext:
         sync_forward_count: the largest forward count over the ranks that must run as many forwards (ZeRO-3 and FSDP
             gather parameters collectively in every forward); the identity elsewhere.
         high_entropy_mask: TRL's `get_high_entropy_mask(entropies, mask, threshold)`.
+        gather: the accelerator's `gather` (concatenates a tensor over processes; the identity on one).
+        loss_weights: `[B, T]` weight of each token's term in TRL's loss for a micro-batch's inputs (its
+            `loss_type` normaliser, `chunked_backward.loss_weights`), for estimators that reweight it.
     """
 
     args: JustGRPOConfig
@@ -56,6 +59,8 @@ class EstimatorContext:
     autocast: Callable[[], AbstractContextManager]
     sync_forward_count: Callable[[int], int]
     high_entropy_mask: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    gather: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
+    loss_weights: Callable[[dict[str, Any]], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,12 @@ class Estimator:
         """Refuse option combinations this estimator cannot honour (called from `JustGRPOConfig.__post_init__`)."""
 
     @property
+    def decodes_past_stop(self) -> bool:
+        """Whether rollouts return (and the loss trains) every slot of the canvas, past the first stop token. The
+        trainer then lets TRL decode and reward each completion up to its first stop token only."""
+        return False
+
+    @property
     def sampling_logprobs_exact(self) -> bool:
         """Whether the rollout's recorded log-probs are this estimator's exact log-probs under the sampling weights,
         so that TRL's old-log-prob pass may reuse them. An approximate sampler (a cached rollout) must say False."""
@@ -201,12 +212,18 @@ class Estimator:
         """TRL's generation output, with whatever this estimator adds for its loss (split with the batch by TRL)."""
         return output
 
+    def loss_inputs(self, inputs: dict[str, Any], iteration: int) -> dict[str, Any]:
+        """The inputs of TRL's loss for one micro-batch, as this estimator adjusts them (unchanged by default). Both
+        loss paths use them: `compute_loss` (checkpointed) and the trainer's chunked backward. Returns a new dict;
+        `inputs` is not modified."""
+        return inputs
+
     def compute_loss(
         self, trl_loss: Callable[[dict[str, Any]], torch.Tensor], inputs: dict[str, Any], iteration: int
     ) -> torch.Tensor:
-        """The loss of one micro-batch: TRL's `_compute_loss` (`trl_loss`) by default. `iteration` is the inner
-        iteration (of `num_iterations`) being trained. Override to adjust the inputs or to replace the objective."""
-        return trl_loss(inputs)
+        """The loss of one micro-batch: TRL's `_compute_loss` (`trl_loss`) on `loss_inputs` by default. `iteration`
+        is the inner iteration (of `num_iterations`) being trained. Override to replace the objective."""
+        return trl_loss(self.loss_inputs(inputs, iteration))
 
 
 class BlockRolloutEstimator(Estimator):

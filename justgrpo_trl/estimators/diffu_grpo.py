@@ -9,7 +9,6 @@ every iteration's seed are computed and handed to TRL as `[B, mu, T]` tensors, w
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -87,13 +86,11 @@ class DiffuGRPO(BlockRolloutEstimator):
                 output[f"{key}_per_iteration"] = stash.pop(0)
         return output
 
-    def compute_loss(
-        self, trl_loss: Callable[[dict[str, Any]], torch.Tensor], inputs: dict[str, Any], iteration: int
-    ) -> torch.Tensor:
-        """TRL's loss under the current inner iteration's mask seed, with that iteration's old/ref log-probs."""
+    def loss_inputs(self, inputs: dict[str, Any], iteration: int) -> dict[str, Any]:
+        """The current inner iteration's old/ref log-probs; the scoring that follows uses that iteration's masks."""
         self.iteration = iteration
         inputs = dict(inputs)
         for key in PER_ITERATION_KEYS:
             if f"{key}_per_iteration" in inputs:
                 inputs[key] = inputs[f"{key}_per_iteration"][:, iteration]
-        return trl_loss(inputs)
+        return inputs
