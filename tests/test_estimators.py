@@ -30,12 +30,12 @@ def masked_logps(model, canvas: list[int], read: int, target: int, tokens) -> to
 # --------------------------------------------------------------------------- diffu-GRPO
 
 
-def plain_diffu_grpo(model, padded_prompts, prompt_mask, completions, seed, p_mask, tokens) -> list[list[float]]:
-    """d1's estimator written plainly: one prompt mask per seed (drawn over the prompt positions), the completion
-    all masked, one full forward per row, each completion token read at its position."""
-    pattern = torch.rand(padded_prompts.size(1), generator=torch.Generator().manual_seed(seed)) < p_mask
+def plain_diffu_grpo(model, padded_prompts, prompt_mask, completions, patterns, tokens) -> list[list[float]]:
+    """d1's estimator written plainly: each row's prompt masked where its own pattern (`[B, P]`, drawn over the
+    padded positions) says, the completion all masked, one full forward per row, each completion token read at its
+    position."""
     out = []
-    for prompt, mask, completion in zip(padded_prompts.tolist(), prompt_mask.tolist(), completions):
+    for prompt, mask, pattern, completion in zip(padded_prompts.tolist(), prompt_mask.tolist(), patterns, completions):
         # the pattern is drawn over the padded positions; the row itself is scored unpadded
         real = [tokens.mask_id if pattern[i] else t for i, t in enumerate(prompt) if mask[i]]
         canvas = real + [tokens.mask_id] * GEN_LENGTH
@@ -43,58 +43,111 @@ def plain_diffu_grpo(model, padded_prompts, prompt_mask, completions, seed, p_ma
     return out
 
 
-def test_diffu_grpo_logprobs_equal_a_plain_reimplementation_per_seed(stop_heavy_model, tmp_path):
+def test_diffu_grpo_logprobs_equal_a_plain_reimplementation_per_row_pattern(stop_heavy_model, tmp_path):
     trainer, model, tokenizer, tokens = estimator_trainer(stop_heavy_model, tmp_path, "diffu_grpo", p_mask_prompt=0.5)
     prompts = prompt_ids(tokenizer)
     torch.manual_seed(0)
     completions, _ = trainer._generate_single_turn(prompts, None, {}, 1)
     assert all(len(c) <= GEN_LENGTH for c in completions)
+    drawn = trainer.estimator.patterns
+    assert drawn.shape == (len(prompts), 1, max(map(len, prompts)))
     batch = trl_batch(prompts, completions, tokens.pad_id)
     input_ids, attention_mask = torch.cat(batch[0::2], 1), torch.cat(batch[1::2], 1)
-    results = {}
+    results = []
     with torch.no_grad():
         for seed in (11, 12):
-            trainer.estimator.seeds, trainer.estimator.iteration = [seed], 0
+            trainer.estimator.patterns = torch.rand(drawn.shape, generator=torch.Generator().manual_seed(seed)) < 0.5
             logps, _, _ = trainer._get_per_token_logps_and_entropies(
                 trainer.model, input_ids, attention_mask, batch[2].size(1)
             )
-            expected = plain_diffu_grpo(model, batch[0], batch[1], completions, seed, 0.5, tokens)
+            patterns = trainer.estimator.patterns[:, 0].tolist()
+            expected = plain_diffu_grpo(model, batch[0], batch[1], completions, patterns, tokens)
             for row, values in enumerate(expected):
                 torch.testing.assert_close(logps[row, : len(values)], torch.tensor(values), rtol=0, atol=1e-5)
                 assert torch.all(logps[row, len(values) :] == 0)
-            results[seed] = logps
-    assert not torch.allclose(results[11], results[12]), "the prompt mask must change the estimate"
+            results.append(logps)
+    assert not torch.allclose(results[0], results[1]), "the prompt mask must change the estimate"
 
 
-def test_diffu_grpo_old_and_reference_logprobs_follow_each_iterations_seed(stop_heavy_model, tmp_path):
+def d1_per_token_logps(model, input_ids, logits_to_keep: int, seed: int, p_mask: float, mask_id: int):
+    """A transcription of d1's `forward_process` + `_get_per_token_logps` for one inner iteration: the global RNG
+    seeded, one uniform per (row, position) over the whole `[prompt | completion]` batch, prompt positions masked
+    below `p_mask`, every completion position masked; one batched forward without an attention mask (d1's rows share
+    one unpadded prompt), the completion logits read at their own positions, log-prob = -cross-entropy. The mask
+    token is excluded from the softmax (this project's convention everywhere) and the temperature is 1, as in d1's
+    scorer. Returns the log-probs `[B, logits_to_keep]` and the prompt masks it drew."""
+    torch.manual_seed(seed)
+    b, length = input_ids.shape
+    prompt_index = torch.arange(length) < length - logits_to_keep
+    random_matrix = torch.rand((b, length))
+    is_mask = (prompt_index[None] & (random_matrix < p_mask)) | ~prompt_index[None]
+    noisy = torch.where(is_mask, mask_id, input_ids)
+    logits = model(input_ids=noisy).logits.float()
+    logits[..., mask_id] = float("-inf")
+    completion_logits = logits[:, -logits_to_keep:]
+    targets = input_ids[:, -logits_to_keep:]
+    loss = torch.nn.functional.cross_entropy(
+        completion_logits.reshape(-1, completion_logits.size(-1)), targets.reshape(-1), reduction="none"
+    )
+    return -loss.view(b, logits_to_keep), is_mask[:, : length - logits_to_keep]
+
+
+def test_diffu_grpo_equals_a_transcription_of_d1_with_the_same_masks(stop_heavy_model, tmp_path):
+    """A group of 4 completions of one prompt (d1's batch), each row with its own prompt mask (d1's
+    `torch.rand((b, l))`): the trainer's log-probs under d1's masks equal d1's scorer's."""
+    trainer, model, tokenizer, tokens = estimator_trainer(
+        stop_heavy_model, tmp_path, "diffu_grpo", p_mask_prompt=0.5, temperature=1.0
+    )
+    prompt = prompt_ids(tokenizer, ["the quick brown fox jumps over"])[0]
+    torch.manual_seed(0)
+    completions, _ = trainer._generate_single_turn([prompt] * 4, None, {}, 1)
+    input_ids = torch.tensor([prompt + c + [tokens.pad_id] * (GEN_LENGTH - len(c)) for c in completions])
+    completion_mask = torch.tensor([[1] * len(c) + [0] * (GEN_LENGTH - len(c)) for c in completions])
+    attention_mask = torch.cat([torch.ones(4, len(prompt), dtype=torch.long), completion_mask], 1)
+    with torch.no_grad():
+        expected, is_mask = d1_per_token_logps(model, input_ids, GEN_LENGTH, 5, 0.5, tokens.mask_id)
+        assert len({tuple(row) for row in is_mask.tolist()}) == 4, "d1 draws an independent pattern per row"
+        trainer.estimator.patterns = is_mask[:, None]
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention_mask, GEN_LENGTH)
+    mask = completion_mask.bool()
+    delta = (logps - expected)[mask].abs().max().item()
+    print(f"\n[diffu-GRPO vs d1] max |log-prob difference| = {delta:.3e} over {int(mask.sum())} tokens")
+    assert delta <= 1e-5
+
+
+def test_diffu_grpo_old_and_reference_logprobs_follow_each_rows_patterns(stop_heavy_model, tmp_path):
     trainer, model, tokenizer, tokens = estimator_trainer(
         stop_heavy_model, tmp_path, "diffu_grpo", num_iterations=3, beta=0.04, p_mask_prompt=0.5
     )
     trainer.model.train()
     torch.manual_seed(0)
-    output = trainer._generate_and_score_completions([{"prompt": text} for text in PROMPTS[:1] for _ in range(4)])
-    seeds = trainer.estimator.seeds
-    assert len(seeds) == 3 and len(set(seeds)) == 3
+    output = trainer._generate_and_score_completions([{"prompt": text} for text in PROMPTS[1:2] for _ in range(4)])
+    patterns = output["diffu_grpo_prompt_masks"]
+    assert patterns.shape == (4, 3, output["prompt_ids"].size(1))
+    real = output["prompt_mask"].bool()[:, None].expand_as(patterns)
+    per_row = {tuple(patterns[row, i][real[row, i]].tolist()) for row in range(4) for i in range(3)}
+    assert len(per_row) == 12, "every row and inner iteration has its own pattern"
     old, ref = output["old_per_token_logps_per_iteration"], output["ref_per_token_logps_per_iteration"]
     assert old.shape[:2] == (4, 3) and ref.shape == old.shape
     torch.testing.assert_close(old[:, 0], output["old_per_token_logps"])
     completions = [ids[m.bool()].tolist() for ids, m in zip(output["completion_ids"], output["completion_mask"])]
-    for iteration, seed in enumerate(seeds):
-        expected = plain_diffu_grpo(model, output["prompt_ids"], output["prompt_mask"], completions, seed, 0.5, tokens)
+    for iteration in range(3):
+        rows = patterns[:, iteration].tolist()
+        expected = plain_diffu_grpo(model, output["prompt_ids"], output["prompt_mask"], completions, rows, tokens)
         for row, values in enumerate(expected):
             torch.testing.assert_close(old[row, iteration, : len(values)], torch.tensor(values), rtol=0, atol=1e-5)
         reference = plain_diffu_grpo(
-            trainer.ref_model, output["prompt_ids"], output["prompt_mask"], completions, seed, 0.5, tokens
+            trainer.ref_model, output["prompt_ids"], output["prompt_mask"], completions, rows, tokens
         )
         for row, values in enumerate(reference):
             torch.testing.assert_close(ref[row, iteration, : len(values)], torch.tensor(values), rtol=0, atol=1e-5)
 
 
-def test_diffu_grpo_trains_each_micro_batch_under_its_inner_iterations_seed(tmp_path, tiny_checkpoint):
+def test_diffu_grpo_trains_each_micro_batch_under_its_inner_iterations_patterns(tmp_path, tiny_checkpoint):
     """With steps_per_generation=2 a generation batch is split in two micro-batches, each trained num_iterations
     times: steps 0, 1 are inner iteration 0 and steps 2, 3 inner iteration 1. With the learning rate at 0 the
     weights never move, so the log-probs of each training forward must equal the old log-probs recorded under that
-    iteration's mask seed, and differ from the other iteration's."""
+    iteration's prompt masks, and differ from the other iteration's."""
     from test_trainer_runs import run_training
 
     calls = []

@@ -39,7 +39,7 @@ def test_yaml_carries_the_paper_hyperparameters(recipe, monkeypatch):
     assert args.learning_rate == 5e-6 and args.lr_scheduler_type == "constant"
     assert (args.adam_beta1, args.adam_beta2, args.weight_decay, args.max_grad_norm) == (0.9, 0.999, 0.0, 1.0)
     assert args.beta == 0.0 and args.epsilon == 0.2 and args.num_iterations == 1
-    assert args.loss_type == "grpo" and args.scale_rewards == "group"
+    assert args.loss_type == "grpo" and args.scale_rewards == "group" and args.objective == "paper"
     assert args.temperature == 1.0 and args.max_completion_length == 256 and args.bf16
 
 

@@ -13,11 +13,12 @@ The objective (`JustGRPOConfig.objective`):
 
 * `'trl'`: TRL's loss with its `loss_type` normaliser, on the tokens up to each completion's first stop token.
 * `'paper'`: the reference `grpo.py`. Rollouts decode all L slots (`ar_decode(stop_early=False)`), every slot is
-  trained, and token t of sample b weighs `1 / L / n_valid`, `n_valid` being the mean over processes of the number of
-  samples with a non-zero advantage in the generation batch. The clipped per-token term `-min(r A, clip(r) A)` is
-  positively homogeneous in A, so the paper's weights are applied by scaling each row's advantage by
-  `paper weight / loss_type weight` (both constant along a row for the clipped loss types): TRL's own `_compute_loss`
-  then computes, and logs, the paper's loss, and the chunked backward sees the same terms.
+  trained, and token t of sample b weighs `1 / L / n_valid`, `n_valid` being the number of samples with a non-zero
+  advantage in the generation batch, per micro-batch, averaged over processes (`finish_generation_batch`). The
+  clipped per-token term `-min(r A, clip(r) A)` is positively homogeneous in A, so the paper's weights are applied by
+  scaling each row's advantage by `paper weight / loss_type weight` (both constant along a row for the clipped loss
+  types): TRL's own `_compute_loss` then computes, and logs, the paper's loss, and the chunked backward sees the same
+  terms.
 * `'paper_early_stop'`: the same weights on the tokens up to the first stop token, with early-stopping rollouts.
 """
 
@@ -97,14 +98,19 @@ class ARExact(Estimator):
         return self.context.args.objective == "paper"
 
     def finish_generation_batch(self, output: dict[str, Any]) -> dict[str, Any]:
-        """Under the paper's objectives, count this process' samples with a non-zero advantage in the generation
-        batch and average the count over processes (the reference's `n_valid`)."""
+        """Under the paper's objectives, the reference's `n_valid`: this process' samples with a non-zero advantage in
+        the generation batch, per micro-batch (the generation batch is split into `steps_per_generation` micro-batches
+        of `per_device_train_batch_size`; the reference counts its own per accumulation step), averaged over
+        processes."""
         if self.context.args.objective == "trl":
             return output
         advantages = output["advantages"]
-        count = (advantages != 0).reshape(advantages.size(0), -1).any(-1).sum().float().reshape(1)
-        n_valid = self.context.gather(count).mean()
-        output[N_VALID_KEY] = n_valid.expand(advantages.size(0)).clone()
+        rows = advantages.size(0)
+        count = (advantages != 0).reshape(rows, -1).any(-1).sum().float().reshape(1)
+        # Per micro-batch of `per_device_train_batch_size` samples, as the reference counts it per accumulation step.
+        micro_batches = max(1, round(rows / self.context.args.per_device_train_batch_size))
+        n_valid = self.context.gather(count).mean() / micro_batches
+        output[N_VALID_KEY] = n_valid.expand(rows).clone()
         return output
 
     def loss_inputs(self, inputs: dict[str, Any], iteration: int) -> dict[str, Any]:
