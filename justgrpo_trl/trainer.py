@@ -255,8 +255,8 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
         scored values, without gradient, for the loss value and metrics; the two losses must agree."""
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        plan = self.estimator.plan(self._scoring_batch(input_ids, attention_mask, inputs["prompt_ids"].size(1)))
         loss_inputs = self.estimator.loss_inputs(inputs, self._inner_iteration())
+        plan = self.estimator.plan(self._scoring_batch(input_ids, attention_mask, inputs["prompt_ids"].size(1)))
         token_loss = token_loss_for(self, loss_inputs, plan.policy_mask, plan.token_weights)
         score = partial(
             target_logps,

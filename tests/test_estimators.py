@@ -206,7 +206,7 @@ def test_agrpo_with_every_step_equals_the_exact_trajectory_logprob(stop_heavy_mo
     logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention_mask, width)
     with torch.no_grad():
         for row, (prompt, completion) in enumerate(zip(prompts, completions)):
-            record = trainer.estimator.records[(tuple(prompt), tuple(completion))]
+            record = trainer.estimator.records[row]
             canvas_ids, steps = record["canvas_ids"], record["canvas_steps"]
             trajectory = 0.0
             for j, token in enumerate(completion):  # the state just before token j's step, rebuilt plainly
@@ -214,15 +214,45 @@ def test_agrpo_with_every_step_equals_the_exact_trajectory_logprob(stop_heavy_mo
                 trajectory += masked_logps(model, prompt + state, len(prompt) + j, token, tokens).item()
             assert trajectory == pytest.approx(sum(sampling[row]), abs=1e-4)  # what the sampler recorded
             assert logps[row, : len(completion)].sum().item() == pytest.approx(trajectory, abs=1e-4)
-    assert (
-        len(
-            {
-                tuple(trainer.estimator.records[(tuple(p), tuple(c))]["canvas_steps"])
-                for p, c in zip(prompts, completions)
-            }
+    assert len({tuple(trainer.estimator.records[row]["canvas_steps"]) for row in range(len(prompts))}) > 1
+
+
+def test_agrpo_identical_completions_keep_their_own_unmasking_orders(stop_heavy_model, tmp_path, monkeypatch):
+    """Two rows of a group with the same text but different unmasking orders: each is scored in the states it went
+    through (records are kept per row, never looked up by text)."""
+    import justgrpo_trl.estimators.base as base
+    from justgrpo_trl.decoding import DecodeOutput
+
+    trainer, model, tokenizer, tokens = estimator_trainer(stop_heavy_model, tmp_path, "agrpo", agrpo_num_steps=100)
+    prompt = prompt_ids(tokenizer, ["12 + 30 ="])[0]
+    eos = tokens.stop_ids[0]
+    completion = [prompt[0], prompt[-1], prompt[1], eos]
+    canvas = completion + [eos] * (GEN_LENGTH - len(completion))
+    orders = [[0, 0, 1, 1, 2, 2, 3, 3], [3, 2, 1, 0, 3, 2, 1, 0]]  # same tokens, unmasked in different orders
+
+    def crafted(model, prompts, **kwargs):
+        n = len(prompts)
+        return DecodeOutput(
+            completion_ids=[completion] * n,
+            logprobs=[[-1.0] * len(completion)] * n,
+            entropies=[[1.0] * len(completion)] * n,
+            canvas_ids=[canvas] * n,
+            canvas_steps=orders[:n],
         )
-        > 1
-    )
+
+    monkeypatch.setattr(base, "block_decode", crafted)
+    completions, _ = trainer._generate_single_turn([prompt, prompt], None, {}, 1)
+    batch = trl_batch([prompt, prompt], completions, tokens.pad_id)
+    with torch.no_grad():
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, torch.cat(batch[0::2], 1), torch.cat(batch[1::2], 1), batch[2].size(1)
+        )
+        for row, steps in enumerate(orders):
+            for j, token in enumerate(completion):
+                state = [t if 0 <= s < steps[j] else tokens.mask_id for t, s in zip(canvas, steps)]
+                expected = masked_logps(model, prompt + state, len(prompt) + j, token, tokens).item()
+                assert logps[row, j].item() == pytest.approx(expected, abs=1e-5), (row, j)
+    assert not torch.allclose(logps[0], logps[1])
 
 
 def agrpo_gradient(trainer, prompts, completions, advantages, tokens) -> torch.Tensor:
@@ -237,7 +267,7 @@ def test_agrpo_gradient_is_unbiased_over_draws_of_the_sampled_steps(stop_heavy_m
     trainer, model, tokenizer, tokens = estimator_trainer(stop_heavy_model, tmp_path, "agrpo", agrpo_num_steps=100)
     trainer.model.train()
     prompts, completions, _ = agrpo_rollout(trainer, tokenizer)
-    records = [trainer.estimator.records[(tuple(p), tuple(c))] for p, c in zip(prompts, completions)]
+    records = [trainer.estimator.records[row] for row in range(len(prompts))]
     assert max(len(set(r["canvas_steps"][: len(c)])) for r, c in zip(records, completions)) >= 2
     advantages = torch.tensor([1.0, -0.5, 0.25, -0.75])
     full = agrpo_gradient(trainer, prompts, completions, advantages, tokens)

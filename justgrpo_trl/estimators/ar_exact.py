@@ -102,6 +102,7 @@ class ARExact(Estimator):
         the generation batch, per micro-batch (the generation batch is split into `steps_per_generation` micro-batches
         of `per_device_train_batch_size`; the reference counts its own per accumulation step), averaged over
         processes."""
+        output = super().finish_generation_batch(output)
         if self.context.args.objective == "trl":
             return output
         advantages = output["advantages"]
@@ -116,6 +117,7 @@ class ARExact(Estimator):
     def loss_inputs(self, inputs: dict[str, Any], iteration: int) -> dict[str, Any]:
         """Under the paper's objectives, each row's advantage scaled by `paper weight / loss_type weight`, so that
         TRL's loss (and the chunked backward's) weighs every token `1 / L / n_valid` (see the module docstring)."""
+        inputs = super().loss_inputs(inputs, iteration)
         if self.context.args.objective == "trl":
             return inputs
         mask = inputs["completion_mask"].float()

@@ -102,6 +102,7 @@ class DiffuGRPO(BlockRolloutEstimator):
         self.stash, self.loss_patterns, self.patterns = [], None, None
 
     def finish_generation_batch(self, output: dict[str, Any]) -> dict[str, Any]:
+        output = super().finish_generation_batch(output)
         stash = list(self.stash)
         for key in PER_ITERATION_KEYS:
             if stash and output.get(key) is not None:
@@ -114,7 +115,7 @@ class DiffuGRPO(BlockRolloutEstimator):
         """The current inner iteration's old/ref log-probs and prompt masks (used by the scoring that follows)."""
         if PATTERNS_KEY in inputs:
             self.loss_patterns = inputs[PATTERNS_KEY][:, iteration]
-        inputs = dict(inputs)
+        inputs = dict(super().loss_inputs(inputs, iteration))
         for key in PER_ITERATION_KEYS:
             if f"{key}_per_iteration" in inputs:
                 inputs[key] = inputs[f"{key}_per_iteration"][:, iteration]
