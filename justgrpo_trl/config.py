@@ -13,6 +13,7 @@ from .estimators import ESTIMATORS
 from .reliability import REWARD_ERROR_POLICIES
 
 OBJECTIVES = ("trl", "paper", "paper_early_stop")
+AGRPO_OBJECTIVES = ("trl", "reference")
 
 
 @dataclass
@@ -94,6 +95,17 @@ class JustGRPOConfig(GRPOConfig):
             "The 'paper*' objectives need beta=0, a clipped loss_type and token-level importance sampling."
         },
     )
+    agrpo_objective: str = field(
+        default="trl",
+        metadata={
+            "help": "agrpo: 'trl' (default): TRL's loss_type on the tokens up to each completion's first stop token. "
+            "'reference': the AGRPO authors' objective: the whole canvas is trained (rewards still see each "
+            "completion up to its first stop token); each row averages over its denoising steps 0..T (T: the last "
+            "step that unmasked a token other than the end-of-text fill), weight 1 / (T + 1) on every token unmasked "
+            "at those steps (end-of-text tokens included, later ones excluded), summed over rows and divided by "
+            "num_generations. Pair it with scale_rewards='none' for the reference's advantage r - mean."
+        },
+    )
     justgrpo_fast: bool = field(
         default=False,
         metadata={
@@ -151,6 +163,8 @@ class JustGRPOConfig(GRPOConfig):
             raise ValueError(f"estimator must be one of {tuple(ESTIMATORS)}, got {self.estimator!r}.")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
+        if self.agrpo_objective not in AGRPO_OBJECTIVES:
+            raise ValueError(f"agrpo_objective must be one of {AGRPO_OBJECTIVES}, got {self.agrpo_objective!r}.")
         if self.justgrpo_fast and self.estimator != "ar_exact":
             raise ValueError("justgrpo_fast applies to estimator='ar_exact' only.")
         ESTIMATORS[self.estimator].check_config(self)

@@ -54,6 +54,14 @@ class DecodeOutput:
         default_factory=list,
         metadata={"help": "Parallel samplers only: the step each slot of `canvas_ids` was unmasked at (-1: never)."},
     )
+    canvas_logprobs: list[list[float]] = field(
+        default_factory=list,
+        metadata={"help": "Parallel samplers only: the sampling log-prob of each slot of `canvas_ids`."},
+    )
+    canvas_entropies: list[list[float]] = field(
+        default_factory=list,
+        metadata={"help": "Parallel samplers only: the entropy each slot of `canvas_ids` was drawn from."},
+    )
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -379,6 +387,8 @@ class _DenoisingCanvas:
             unmask_steps=[row[:n] for row, n in zip(self.steps.tolist(), lengths)],
             canvas_ids=generated.tolist(),
             canvas_steps=self.steps.tolist(),
+            canvas_logprobs=self.logps.tolist(),
+            canvas_entropies=self.entropies.tolist(),
         )
 
 

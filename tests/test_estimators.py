@@ -255,6 +255,75 @@ def test_agrpo_identical_completions_keep_their_own_unmasking_orders(stop_heavy_
     assert not torch.allclose(logps[0], logps[1])
 
 
+def reference_agrpo_gradients(model, rows, group_size: int, tokens, eps: float = 0.2) -> dict:
+    """A transcription of the AGRPO authors' `compute_loss` with every denoising step scored instead of sampled:
+    per row, T = the last step that unmasked a token other than EOS; for each step s <= T, the state with every token
+    unmasked at a step >= s masked, the log-probs of the tokens unmasked at s, the ratio against the sampling
+    log-probs, the clipped term -min(r A, clip(r) A), weighted 1 / (T + 1) (uniform step sampling) and divided by the
+    group size. `rows`: (prompt, canvas ids, unmask steps, sampling log-probs, advantage)."""
+    model.zero_grad()
+    for prompt, canvas, steps, sampling, advantage in rows:
+        last = max(s for t, s in zip(canvas, steps) if t != tokens.pad_id)
+        for step in range(last + 1):
+            state = [tokens.mask_id if s >= step else t for t, s in zip(canvas, steps)]
+            for j in [j for j, s in enumerate(steps) if s == step]:
+                logp = masked_logps(model, prompt + state, len(prompt) + j, canvas[j], tokens)
+                ratio = torch.exp(logp - sampling[j])
+                clipped = torch.clamp(ratio, 1 - eps, 1 + eps)
+                loss = -torch.min(ratio * advantage, clipped * advantage)
+                (loss / (last + 1) / group_size).backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_agrpo_reference_objective_equals_a_transcription_of_its_compute_loss(stop_heavy_model, tmp_path):
+    seen = []
+
+    def reward(prompts, completions, completion_ids, **kwargs):
+        seen.extend(completion_ids)
+        return [float(len(ids)) + 0.5 * (p == "hi") for p, ids in zip(prompts, completion_ids)]
+
+    trainer, model, tokenizer, tokens = estimator_trainer(
+        stop_heavy_model,
+        tmp_path,
+        "agrpo",
+        agrpo_num_steps=100,
+        agrpo_objective="reference",
+        scale_rewards="none",
+        per_device_train_batch_size=8,
+    )
+    trainer.reward_funcs = [reward]
+    trainer.model.train()
+    torch.manual_seed(0)
+    output = trainer._generate_and_score_completions([{"prompt": p} for p in PROMPTS[:2] for _ in range(4)])
+    assert output["completion_ids"].size(1) == GEN_LENGTH and output["completion_mask"].bool().all()
+    rewards = torch.tensor([float(len(ids)) + 0.5 * (i < 4) for i, ids in enumerate(seen)])
+    groups = rewards.view(2, 4)
+    torch.testing.assert_close(output["advantages"], (groups - groups.mean(1, keepdim=True)).flatten())  # r - mean
+    assert any(len(ids) < GEN_LENGTH for ids in seen), "some completion should stop before the canvas ends"
+
+    # TRL shuffles the generation batch before splitting it: each row must keep its own trajectory
+    order = torch.tensor([5, 2, 7, 0, 3, 6, 1, 4])
+    shuffled = {
+        k: v[order] if isinstance(v, torch.Tensor) and v.dim() and v.size(0) == 8 else v for k, v in output.items()
+    }
+    trainer.model.zero_grad()
+    trainer._compute_loss(trainer.model, shuffled).backward()
+    got = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()}
+    rows = []
+    for row, (ids, mask, canvas, advantage) in enumerate(
+        zip(output["prompt_ids"], output["prompt_mask"], output["completion_ids"], output["advantages"])
+    ):
+        record = trainer.estimator.records[int(output["rollout_row_index"][row])]
+        assert tuple(canvas.tolist()) == record["completion"]
+        prompt = ids[mask.bool()].tolist()
+        rows.append((prompt, canvas.tolist(), record["canvas_steps"], record["logprobs"], advantage.item()))
+    expected = reference_agrpo_gradients(model, rows, 4, tokens)
+    num = sum((got[n] - expected[n]).pow(2).sum() for n in expected).sqrt()
+    den = sum(expected[n].pow(2).sum() for n in expected).sqrt()
+    print(f"\n[agrpo reference objective] relative gradient error {(num / den).item():.3e}")
+    assert den > 0 and (num / den).item() <= 1e-5
+
+
 def agrpo_gradient(trainer, prompts, completions, advantages, tokens) -> torch.Tensor:
     gradients = trainer_gradients(trainer, prompts, completions, advantages, tokens)
     return torch.cat([gradient.flatten() for gradient in gradients.values()])
