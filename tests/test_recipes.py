@@ -80,6 +80,7 @@ def test_recipe_trains_two_steps_and_writes_a_checkpoint_that_reloads(recipe, be
         "max_completion_length": 8,
         "logprob_chunk_size": 8,
         "beta": beta,
+        "objective": "trl" if beta else "paper",  # the paper's objective has no KL term
         "learning_rate": 1e-3,
         "use_cpu": True,
         "bf16": False,
@@ -126,8 +127,11 @@ def test_accelerate_configs_are_valid(name):
         ),
         (
             "gsm8k_agrpo",
-            dict(estimator="agrpo", lora_r=64, learning_rate=5e-6, lr_scheduler_type="cosine", beta=0.0,
-                 num_generations=8, agrpo_num_steps=24),
+            dict(estimator="agrpo", lora_r=64, lora_alpha=64, lora_dropout=0.0, learning_rate=5e-6,
+                 lr_scheduler_type="cosine", warmup_steps=0.01, adam_beta2=0.99, weight_decay=0.01, beta=0.0,
+                 num_generations=8, agrpo_num_steps=24, agrpo_objective="reference", scale_rewards="none",
+                 max_completion_length=384, block_length=12, diffusion_steps=128, remasking="random",
+                 temperature=0.6, seed=333),
         ),
     ],
 )  # fmt: skip
