@@ -196,7 +196,7 @@ def cmd_rl(args) -> None:
 
 def cmd_report(args) -> None:
     out = Path(args.output_dir)
-    grad = json.loads((out / "grad.json").read_text())
+    grad = json.loads((out / "grad.json").read_text()) if (out / "grad.json").exists() else {}
     for label, entry in grad.items():
         cos = entry["cosines"]
         print(f"{label}: cosine mean {sum(cos) / len(cos):.4f}, min {min(cos):.4f} over {len(cos)} batches")

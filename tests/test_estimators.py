@@ -378,3 +378,12 @@ def test_agrpo_rejects_a_kl_term(tmp_path):
 
     with pytest.raises(ValueError, match="beta=0"):
         JustGRPOConfig(output_dir=str(tmp_path), estimator="agrpo", beta=0.04, use_cpu=True)
+
+
+@pytest.mark.parametrize("option", [{"top_k": 150}, {"top_p": 0.99}])
+def test_block_rollout_estimators_refuse_top_k_top_p_rather_than_ignore_them(tmp_path, option):
+    from justgrpo_trl import JustGRPOConfig
+
+    for estimator in ("diffu_grpo", "agrpo"):
+        with pytest.raises(ValueError, match="top_k/top_p"):
+            JustGRPOConfig(output_dir=str(tmp_path), estimator=estimator, use_cpu=True, **option)

@@ -270,6 +270,11 @@ class BlockRolloutEstimator(Estimator):
     @classmethod
     def check_config(cls, args: JustGRPOConfig) -> None:
         args.diffusion_steps = args.diffusion_steps or args.max_completion_length // 2
+        if (args.top_k or 0) > 0 or args.top_p < 1.0 or args.min_p is not None:
+            raise ValueError(
+                f"estimator={args.estimator!r}: the block-decoding rollouts do not apply top_k/top_p/min_p (nor does "
+                "their scoring); unset them rather than have them ignored."
+            )
 
     def rollout(self, model, prompt_ids: list[list[int]], temperature: float) -> DecodeOutput:
         args = self.context.args
