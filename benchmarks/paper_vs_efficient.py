@@ -209,7 +209,15 @@ def cmd_report(args) -> None:
         mine = [r for r in runs if r["objective"] == objective]
         if not mine:
             continue
-        print(f"{objective}: {len(mine)} seeds")
+        steps = min(len(r["reward_per_step"]) for r in mine)
+        mean = [sum(r["reward_per_step"][i] for r in mine) / len(mine) for i in range(steps)]
+        blocks = [round(sum(mean[i : i + 5]) / len(mean[i : i + 5]), 3) for i in range(0, steps, 5)]
+        after = [r["after"]["position_match"] for r in mine]
+        average = sum(after) / len(after)
+        spread = (sum((a - average) ** 2 for a in after) / max(1, len(after) - 1)) ** 0.5
+        seconds = sum(r["rl_seconds"] for r in mine) / len(mine)
+        print(f"{objective}: {len(mine)} seeds; mean reward per 5-step block {blocks}; held-out position match after")
+        print(f"  RL {average:.3f} +- {spread:.3f} (sd over seeds); mean RL wall time {seconds:.0f}s")
         for r in mine:
             curve = r["reward_per_step"]
             k = max(1, len(curve) // 5)
