@@ -95,6 +95,15 @@ class JustGRPOConfig(GRPOConfig):
             "The 'paper*' objectives need beta=0, a clipped loss_type and token-level importance sampling."
         },
     )
+    agrpo_step_sampler: str = field(
+        default="stratified",
+        metadata={
+            "help": "agrpo: how the agrpo_num_steps steps are sampled. 'stratified' (default): one uniform step per "
+            "stratum of near-equal size, without replacement (every step when K >= the number of steps). 'entropy': "
+            "the authors' recipe, K draws with replacement, probability proportional to the step's summed sampling "
+            "entropy, low-discrepancy uniforms. Both are unbiased."
+        },
+    )
     agrpo_objective: str = field(
         default="trl",
         metadata={

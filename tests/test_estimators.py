@@ -329,7 +329,23 @@ def agrpo_gradient(trainer, prompts, completions, advantages, tokens) -> torch.T
     return torch.cat([gradient.flatten() for gradient in gradients.values()])
 
 
-def test_agrpo_gradient_is_unbiased_over_draws_of_the_sampled_steps(stop_heavy_model, tmp_path):
+def test_entropy_step_sampler_is_unbiased_and_favours_high_entropy_steps():
+    from justgrpo_trl.estimators import entropy_step_weights
+
+    steps, entropies = [0, 0, 1, 2, 2, 3], [0.1, 0.2, 2.0, 0.5, 0.5, 0.25]
+    generator = torch.Generator().manual_seed(0)
+    totals, counts, draws = dict.fromkeys(range(4), 0.0), dict.fromkeys(range(4), 0), 20000
+    for _ in range(draws):
+        for step, weight in entropy_step_weights(steps, entropies, 2, generator).items():
+            totals[step] += weight
+            counts[step] += 1
+    for step in range(4):  # E[weight of a step] = 1: every step's term is counted once in expectation
+        assert abs(totals[step] / draws - 1.0) < 0.05, (step, totals[step] / draws)
+    assert counts[1] > counts[2] > counts[0] > counts[3]  # drawn in the order of their summed entropy
+
+
+@pytest.mark.parametrize(("sampler", "num_draws"), [("stratified", 300), ("entropy", 150)])
+def test_agrpo_gradient_is_unbiased_over_draws_of_the_sampled_steps(stop_heavy_model, tmp_path, sampler, num_draws):
     """Unbiased: over N draws of K=1 step, the squared distance from the mean gradient to the K=all gradient is
     about the sum of per-coordinate variances / N; the stated tolerance is a ratio below 2 (a bias the size of one
     draw's error would give a ratio near N). A single draw is far off, so the check has power."""
@@ -340,15 +356,16 @@ def test_agrpo_gradient_is_unbiased_over_draws_of_the_sampled_steps(stop_heavy_m
     assert max(len(set(r["canvas_steps"][: len(c)])) for r, c in zip(records, completions)) >= 2
     advantages = torch.tensor([1.0, -0.5, 0.25, -0.75])
     full = agrpo_gradient(trainer, prompts, completions, advantages, tokens)
-    trainer.args.agrpo_num_steps = 1
+    trainer.args.agrpo_num_steps, trainer.args.agrpo_step_sampler = 1, sampler  # `full`: every step, exactly
     torch.manual_seed(1)
-    draws = torch.stack([agrpo_gradient(trainer, prompts, completions, advantages, tokens) for _ in range(300)])
+    draws = torch.stack([agrpo_gradient(trainer, prompts, completions, advantages, tokens) for _ in range(num_draws)])
     distance = (draws.mean(0) - full).pow(2).sum()
     expected = draws.var(0).sum() / draws.size(0)
     single_error = ((draws[0] - full).norm() / full.norm()).item()
     mean_error = ((draws.mean(0) - full).norm() / full.norm()).item()
     print(
-        f"\n[agrpo] K=1: one draw off by {single_error:.3f}, mean of 300 off by {mean_error:.4f} (relative L2); "
+        f"\n[agrpo, {sampler}] K=1: one draw off by {single_error:.3f}, mean of {num_draws} off by {mean_error:.4f} "
+        "(relative L2); "
         f"squared distance / (variance / N) = {(distance / expected).item():.3f}"
     )
     assert single_error > 0.2

@@ -129,7 +129,7 @@ def test_accelerate_configs_are_valid(name):
             "gsm8k_agrpo",
             dict(estimator="agrpo", lora_r=64, lora_alpha=64, lora_dropout=0.0, learning_rate=5e-6,
                  lr_scheduler_type="cosine", warmup_steps=0.01, adam_beta2=0.99, weight_decay=0.01, beta=0.0,
-                 num_generations=8, agrpo_num_steps=24, agrpo_objective="reference", scale_rewards="none",
+                 num_generations=8, agrpo_num_steps=24, agrpo_step_sampler="entropy", agrpo_objective="reference", scale_rewards="none",
                  max_completion_length=384, block_length=12, diffusion_steps=128, remasking="random",
                  temperature=0.6, seed=333),
         ),

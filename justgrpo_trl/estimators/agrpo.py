@@ -47,6 +47,28 @@ def stratified_step_weights(steps: list[int], k: int, generator: torch.Generator
     return weights
 
 
+def entropy_step_weights(
+    steps: list[int], entropies: list[float], k: int, generator: torch.Generator | None = None
+) -> dict[int, float]:
+    """The AGRPO authors' step sampler: `k` draws, with replacement, of a trajectory's distinct denoising steps with
+    probability proportional to the summed sampling entropy of the tokens unmasked at each step (plus 1e-8), by the
+    inverse CDF of low-discrepancy uniforms `(permutation + U[0, 1)) / k`. Returns `{drawn step: times drawn /
+    (k p_step)}`, so that summing weighted per-step terms over the drawn steps is unbiased for the sum over all
+    steps. (The reference draws its low-discrepancy uniforms over the whole batch at once; here per trajectory.)"""
+    distinct = sorted(set(steps))
+    mass = torch.full((len(distinct),), 1e-8, dtype=torch.float64)
+    index = {step: i for i, step in enumerate(distinct)}
+    for step, entropy in zip(steps, entropies):
+        mass[index[step]] += max(float(entropy), 0.0)
+    probs = mass / mass.sum()
+    u = (torch.randperm(k, generator=generator).double() + torch.rand(k, generator=generator, dtype=torch.float64)) / k
+    drawn = torch.searchsorted(probs.cumsum(0), u).clamp(max=len(distinct) - 1).tolist()
+    weights: dict[int, float] = {}
+    for i in drawn:
+        weights[distinct[i]] = weights.get(distinct[i], 0.0) + 1.0 / (k * float(probs[i]))
+    return weights
+
+
 class AGRPO(BlockRolloutEstimator):
     """Trajectory log-probs in the sampler's own order, `agrpo_num_steps` sampled steps per update."""
 
@@ -58,6 +80,8 @@ class AGRPO(BlockRolloutEstimator):
         super().check_config(args)
         if args.beta != 0.0:
             raise ValueError("estimator='agrpo' scores sampled steps only and has no KL term: set beta=0.")
+        if args.agrpo_step_sampler not in ("stratified", "entropy"):
+            raise ValueError(f"agrpo_step_sampler must be 'stratified' or 'entropy', got {args.agrpo_step_sampler!r}.")
         if args.agrpo_objective == "reference" and (
             args.loss_type not in CLIPPED_LOSS_TYPES or args.importance_sampling_level != "token"
         ):
@@ -126,16 +150,21 @@ class AGRPO(BlockRolloutEstimator):
         return exact_logps(self.context, run, canvases, batch.temperature)
 
     def _sampled_steps_logps(self, run: ModelRun, batch: ScoringBatch, records: list[dict | None]) -> LogProbs:
-        """Sample `agrpo_num_steps` denoising steps per trajectory (stratified), score the tokens unmasked at those
-        steps in the state the sampler saw them in, with gradient weight 1 / inclusion probability; every other token
-        keeps its constant sampling log-prob. The gradient is unbiased for the full-trajectory gradient."""
+        """Sample `agrpo_num_steps` denoising steps per trajectory (`agrpo_step_sampler`: stratified uniform, or
+        entropy-weighted with replacement), score the tokens unmasked at those steps in the state the sampler saw them
+        in, with gradient weight 1 / inclusion probability (times drawn / expected draws); every other token keeps its
+        constant sampling log-prob. The gradient is unbiased for the full-trajectory gradient."""
         args, device = self.context.args, self.context.device
         completion_mask = batch.completion_mask
         steps = recorded(records, "canvas_steps", args.max_completion_length, device, dtype=torch.long, fill=-1)
+        entropies = recorded(records, "entropies", args.max_completion_length, device)
         weights = torch.zeros(completion_mask.shape, device=completion_mask.device)
         for row, length in enumerate(completion_mask.sum(1).tolist()):
             row_steps = steps[row, :length].tolist()
-            chosen = stratified_step_weights(row_steps, args.agrpo_num_steps)
+            if args.agrpo_step_sampler == "entropy":
+                chosen = entropy_step_weights(row_steps, entropies[row, :length].tolist(), args.agrpo_num_steps)
+            else:
+                chosen = stratified_step_weights(row_steps, args.agrpo_num_steps)
             weights[row, :length] = torch.tensor([chosen.get(step, 0.0) for step in row_steps])
         selected = (weights > 0) & completion_mask.bool()
         canvases = ar_canvases(self.context, batch, selected.long(), trajectory=self._trajectory(records))
