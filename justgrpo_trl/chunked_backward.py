@@ -182,6 +182,21 @@ def chunked_backward_blockers(trainer: GRPOTrainer, chunkable: bool) -> str | No
     return ", ".join(blockers) or None
 
 
+def trl_loss_weights(trainer: GRPOTrainer, inputs: dict[str, Any]) -> torch.Tensor:
+    """`[B, T]` weight of each token's term in the trainer's TRL loss for a micro-batch (`loss_weights`), in training
+    or (no accumulation, no split of the generation batch) in evaluation, as TRL's `_compute_loss` normalises."""
+    training = trainer.model.training
+    return loss_weights(
+        trainer.loss_type,
+        inputs["completion_mask"],
+        accumulation_steps=trainer.current_gradient_accumulation_steps if training else 1,
+        max_completion_length=trainer.max_completion_length,
+        num_items_in_batch=inputs.get("num_items_in_batch"),
+        num_processes=trainer.accelerator.num_processes,
+        steps_per_generation=trainer.args.steps_per_generation if training else 1,
+    )
+
+
 def token_loss_for(
     trainer: GRPOTrainer,
     inputs: dict[str, Any],
@@ -191,15 +206,7 @@ def token_loss_for(
     """A micro-batch's loss as the trainer's TRL `_compute_loss` would compute it, term by term. `weights` replaces
     the loss type's per-token weights (an estimator's own normaliser)."""
     if weights is None:
-        weights = loss_weights(
-            trainer.loss_type,
-            inputs["completion_mask"],
-            accumulation_steps=trainer.current_gradient_accumulation_steps,
-            max_completion_length=trainer.max_completion_length,
-            num_items_in_batch=inputs.get("num_items_in_batch"),
-            num_processes=trainer.accelerator.num_processes,
-            steps_per_generation=trainer.args.steps_per_generation,
-        )
+        weights = trl_loss_weights(trainer, inputs)
     return TokenLoss(
         loss_type=trainer.loss_type,
         weights=weights,

@@ -110,21 +110,26 @@ class ARScoringCanvases:
         )
 
 
+def draw_prompt_mask_patterns(
+    rows: int, iterations: int, width: int, p_mask_prompt: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """diffu-GRPO's prompt masks: `[rows, iterations, width]` booleans, True with probability `p_mask_prompt`, drawn
+    independently for every row and every inner iteration, as d1 draws `torch.rand((b, l))` per iteration."""
+    return torch.rand((iterations, rows, width), generator=generator).transpose(0, 1) < p_mask_prompt
+
+
 def one_step_canvas(
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
     gen_length: int,
     mask_id: int,
-    p_mask_prompt: float,
-    generator: torch.Generator,
+    pattern: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """diffu-GRPO's view: `[prompt with each token masked with prob p | MASK x gen_length]` and its attention mask.
-
-    One mask pattern over the prompt positions is drawn per call and shared by every row, as d1 does (its rows share
-    a prompt); the generator's seed therefore decides the view of every row alike, whatever the batch slicing.
-    """
-    pattern = torch.rand(prompt_ids.size(1), generator=generator) < p_mask_prompt
-    masked_prompt = prompt_ids.masked_fill(pattern.to(prompt_ids.device)[None, :] & prompt_mask.bool(), mask_id)
+    """diffu-GRPO's view: `[prompt, its tokens masked where the row's pattern says | MASK x gen_length]` and its
+    attention mask. `pattern` is `[B, P]` (one pattern per row, `draw_prompt_mask_patterns`); padding positions are
+    never masked."""
+    masked = pattern.to(prompt_ids.device) & prompt_mask.bool()
+    masked_prompt = prompt_ids.masked_fill(masked, mask_id)
     completion = prompt_ids.new_full((prompt_ids.size(0), gen_length), mask_id)
     return torch.cat([masked_prompt, completion], dim=1), torch.cat([prompt_mask, torch.ones_like(completion)], dim=1)
 

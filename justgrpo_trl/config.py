@@ -15,6 +15,8 @@ from .estimators import ESTIMATORS
 from .reliability import REWARD_ERROR_POLICIES
 
 logger = logging.get_logger(__name__)
+OBJECTIVES = ("trl", "paper", "paper_early_stop")
+AGRPO_OBJECTIVES = ("trl", "reference")
 
 
 @dataclass
@@ -80,6 +82,41 @@ class JustGRPOConfig(GRPOConfig):
     agrpo_num_steps: int = field(
         default=24,
         metadata={"help": "agrpo: denoising steps K sampled (stratified) per trajectory and update; more = exact."},
+    )
+    objective: str = field(
+        default="trl",
+        metadata={
+            "help": "The training objective of estimator='ar_exact'. 'trl' (default): TRL's `loss_type` normaliser on "
+            "the tokens up to each completion's first stop token (rollouts stop there). 'paper': the JustGRPO "
+            "reference's `grpo.py` exactly: rollouts decode all max_completion_length slots (no early stop), every "
+            "slot is trained, the tokens after the first stop token included, and each token's term is weighted "
+            "1 / L / n_valid, n_valid being the number of samples with a non-zero advantage in the generation "
+            "batch, per micro-batch of per_device_train_batch_size samples (the reference counts its own per "
+            "accumulation step), averaged over processes (n_valid = 0: zero loss); rewards still "
+            "see each completion up to its first stop token. 'paper_early_stop': the efficient mode, the paper's "
+            "1 / L / n_valid weighting on the tokens up to the first stop token, with rollouts that stop there. "
+            "The 'paper*' objectives need beta=0, a clipped loss_type and token-level importance sampling."
+        },
+    )
+    agrpo_step_sampler: str = field(
+        default="stratified",
+        metadata={
+            "help": "agrpo: how the agrpo_num_steps steps are sampled. 'stratified' (default): one uniform step per "
+            "stratum of near-equal size, without replacement (every step when K >= the number of steps). 'entropy': "
+            "the authors' recipe, K draws with replacement, probability proportional to the step's summed sampling "
+            "entropy, low-discrepancy uniforms. Both are unbiased."
+        },
+    )
+    agrpo_objective: str = field(
+        default="trl",
+        metadata={
+            "help": "agrpo: 'trl' (default): TRL's loss_type on the tokens up to each completion's first stop token. "
+            "'reference': the AGRPO authors' objective: the whole canvas is trained (rewards still see each "
+            "completion up to its first stop token); each row averages over its denoising steps 0..T (T: the last "
+            "step that unmasked a token other than the end-of-text fill), weight 1 / (T + 1) on every token unmasked "
+            "at those steps (end-of-text tokens included, later ones excluded), summed over rows and divided by "
+            "num_generations. Pair it with scale_rewards='none' for the reference's advantage r - mean."
+        },
     )
     justgrpo_fast: bool = field(
         default=False,
@@ -153,6 +190,10 @@ class JustGRPOConfig(GRPOConfig):
                 f"cache_implementation={self.cache_implementation!r} does not apply: bidirectional attention has no "
                 "KV cache. Leave it unset."
             )
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
+        if self.agrpo_objective not in AGRPO_OBJECTIVES:
+            raise ValueError(f"agrpo_objective must be one of {AGRPO_OBJECTIVES}, got {self.agrpo_objective!r}.")
         if self.justgrpo_fast and self.estimator != "ar_exact":
             raise ValueError("justgrpo_fast applies to estimator='ar_exact' only.")
         ESTIMATORS[self.estimator].check_config(self)

@@ -54,6 +54,14 @@ class DecodeOutput:
         default_factory=list,
         metadata={"help": "Parallel samplers only: the step each slot of `canvas_ids` was unmasked at (-1: never)."},
     )
+    canvas_logprobs: list[list[float]] = field(
+        default_factory=list,
+        metadata={"help": "Parallel samplers only: the sampling log-prob of each slot of `canvas_ids`."},
+    )
+    canvas_entropies: list[list[float]] = field(
+        default_factory=list,
+        metadata={"help": "Parallel samplers only: the entropy each slot of `canvas_ids` was drawn from."},
+    )
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,6 +189,7 @@ def ar_decode(
     min_p: float | None = None,
     logit_shift: int = 0,
     generator: torch.Generator | None = None,
+    stop_early: bool = True,
     all_done: Callable[[bool], bool] | None = None,
 ) -> DecodeOutput:
     """Autoregressive-order decoding of a masked diffusion LM (JustGRPO's rollout).
@@ -196,6 +205,9 @@ def ar_decode(
     run the same number of forwards, since each forward gathers parameters collectively: it is called once per step
     on every process and says whether every process is done; a process whose rows have all stopped keeps running
     one-row forwards (their output unused) until then.
+
+    `stop_early=False` is the JustGRPO reference's rollout: every row decodes all `gen_length` slots, past its first
+    stop token too, and the returned lists hold all `gen_length` tokens (cut them with `cut_at_stop` for the answer).
     """
     sampling = SamplingFilter.from_options(top_k, top_p, min_p) if temperature > 0 else None
     device = next(model.parameters()).device
@@ -228,9 +240,10 @@ def ar_decode(
         logps[active, step] = step_logps.gather(-1, token[:, None])[:, 0]
         entropies[active, step] = step_entropy
         canvas[active, prompt_width + step] = token
-        finished = torch.isin(token, stop)
-        lengths[active[finished]] = step + 1
-        active = active[~finished]
+        if stop_early:
+            finished = torch.isin(token, stop)
+            lengths[active[finished]] = step + 1
+            active = active[~finished]
     lengths = lengths.tolist()
     return DecodeOutput(
         completion_ids=[row[:n] for row, n in zip(tokens.tolist(), lengths)],
@@ -240,6 +253,14 @@ def ar_decode(
         row_nfe=lengths,
         unmask_steps=[list(range(n)) for n in lengths],
     )
+
+
+def cut_at_stop(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
+    """`ids` up to and including its first stop token (all of it if there is none)."""
+    for index, token in enumerate(ids):
+        if token in stop_ids:
+            return list(ids[: index + 1])
+    return list(ids)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -413,6 +434,8 @@ class _DenoisingCanvas:
             unmask_steps=[row[:n] for row, n in zip(self.steps.tolist(), lengths)],
             canvas_ids=generated.tolist(),
             canvas_steps=self.steps.tolist(),
+            canvas_logprobs=self.logps.tolist(),
+            canvas_entropies=self.entropies.tolist(),
         )
 
 

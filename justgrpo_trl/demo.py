@@ -4,13 +4,14 @@
     python recipes/demo.py --quick    # a few steps, for tests
 
 Steps, all offline on CPU: build a character-level tokenizer and a tiny LLaDA; generate a synthetic, verifiable task
-(the largest of four digits: `"3814="` -> `"8"`); warm-start the model with masked-diffusion SFT
-(`MaskedDiffusionSFTTrainer`) on a noisy teacher that, half of the time, answers with the first digit instead; measure
-greedy AR-order accuracy on held-out prompts; train with `JustGRPOTrainer` and an exact-match reward, which only the
-right rule earns; measure again. SFT imitates the teacher's mixture; RL with a verifiable reward recovers the rule.
-Writes
-`metrics.json`, the final checkpoint (reloadable with `AutoModelForCausalLM`) and `demo.png` (reward curve and the
-before/after accuracy) into `--output_dir`.
+(`--task max`, the default: the largest of four digits, `"3814="` -> `"8"`; `--task sort`: 8 to 16 digits written
+out sorted, comma-separated, `"93814="` -> `"1,3,4,8,9"`, answers of 16 to 32 tokens with end-of-text); warm-start
+the model with masked-diffusion SFT (`MaskedDiffusionSFTTrainer`, LLaDA's end-of-text fill) on a noisy teacher that
+sometimes follows a wrong rule (the first digit; the digits left unsorted); measure greedy AR-order accuracy on
+held-out prompts; train with `JustGRPOTrainer` and a verifiable reward (exact match; for sort, the share of matching
+positions); measure again. SFT imitates the teacher's mixture; RL with a verifiable reward moves towards the rule.
+Writes `metrics.json`, the final checkpoint (reloadable with `AutoModelForCausalLM`) and `demo.png` (reward curve and
+the before/after accuracy) into `--output_dir`.
 """
 
 import argparse
@@ -40,7 +41,19 @@ from .models import get_spec, resolve_special_tokens  # noqa: E402
 from .models.tiny import build_tiny_llada, build_tokenizer  # noqa: E402
 from .sft import MaskedDiffusionSFTConfig, MaskedDiffusionSFTTrainer  # noqa: E402
 
-TASK_ALPHABET = "0123456789+="
+TASK_ALPHABET = "0123456789+=,"
+TASKS = ("max", "sort")
+# Settings a task changes unless they are given explicitly: the sort task's answers are 16 to 32 tokens long, so the
+# canvas, the model's context and the batch sizes differ from the one-digit task's.
+TASK_DEFAULTS: dict[str, dict] = {
+    "max": {},
+    "sort": dict(
+        min_digits=8, num_digits=16, max_completion_length=32, d_model=64, n_layers=4, n_heads=4,
+        mlp_hidden_size=256, teacher_noise=0.25, sft_steps=600, sft_batch_size=32, sft_learning_rate=2e-3,
+        rl_steps=30, rl_prompts_per_step=4, num_generations=8, rl_learning_rate=5e-5, num_eval=200,
+        logprob_chunk_size=64,
+    ),
+}  # fmt: skip
 
 
 @dataclass
@@ -50,9 +63,22 @@ class DemoConfig:
     seed: int = field(default=0, metadata={"help": "Seeds the task, the model init, SFT and RL."})
     output_dir: str = field(default="outputs/demo", metadata={"help": "Where metrics.json, demo.png, checkpoint go."})
     # task
-    num_digits: int = field(default=4, metadata={"help": "Digits per prompt; the answer is the largest."})
+    task: str = field(
+        default="max",
+        metadata={
+            "help": "'max': answer the largest of num_digits digits (one token). 'sort': write the digits sorted, "
+            "comma-separated (min_digits to num_digits digits: answers of 16 to 32 tokens with the defaults)."
+        },
+    )
+    num_digits: int = field(default=4, metadata={"help": "Digits per prompt (sort: the most digits)."})
+    min_digits: int = field(default=4, metadata={"help": "sort: the fewest digits per prompt."})
+    max_digit: int = field(default=9, metadata={"help": "sort: digits are drawn from 0 to max_digit."})
     teacher_noise: float = field(
-        default=0.5, metadata={"help": "Share of SFT answers in which the teacher gives the first digit instead."}
+        default=0.5,
+        metadata={
+            "help": "Share of SFT answers in which the teacher is wrong: the first digit (max), the digits in prompt "
+            "order (sort)."
+        },
     )
     num_eval: int = field(default=500, metadata={"help": "Held-out prompts for the greedy accuracy."})
     max_completion_length: int = field(default=2, metadata={"help": "Canvas length L: the answer digit + EOS fill."})
@@ -72,15 +98,35 @@ class DemoConfig:
     rl_learning_rate: float = field(default=1e-4, metadata={"help": "JustGRPO constant learning rate."})
     temperature: float = field(default=1.0, metadata={"help": "Rollout temperature."})
     logprob_chunk_size: int = field(default=128, metadata={"help": "Scoring canvases per forward."})
+    objective: str = field(
+        default="trl",
+        metadata={"help": "JustGRPOConfig.objective: 'trl' (loss_type grpo), 'paper' or 'paper_early_stop'."},
+    )
+    sft_normalizer: str = field(
+        default="llada", metadata={"help": "MaskedDiffusionSFTConfig.loss_normalizer: 'llada' or 'd1'."}
+    )
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
+        if self.task == "sort" and not 2 <= self.min_digits <= self.num_digits:
+            raise ValueError(f"sort needs 2 <= min_digits <= num_digits, got {self.min_digits}, {self.num_digits}.")
 
     @classmethod
-    def quick(cls, **overrides) -> "DemoConfig":
+    def for_task(cls, task: str = "max", **overrides) -> "DemoConfig":
+        """The task's defaults (`TASK_DEFAULTS`), then `overrides`."""
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+        return cls(**{**TASK_DEFAULTS[task], "task": task, **overrides})
+
+    @classmethod
+    def quick(cls, task: str = "max", **overrides) -> "DemoConfig":
         """A run of a few steps on a smaller model (tests): checks the plumbing, not the learning."""
         small = dict(
             num_eval=32, d_model=64, n_layers=2, mlp_hidden_size=128, sft_steps=4, sft_batch_size=16, rl_steps=2,
             rl_prompts_per_step=4, num_generations=4,
         )  # fmt: skip
-        return cls(**{**small, **overrides})
+        return cls.for_task(task, **{**small, **overrides})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -94,25 +140,62 @@ def make_problem(rng: random.Random, num_digits: int) -> tuple[str, str]:
     return "".join(map(str, digits)) + "=", str(max(digits))
 
 
-def noisy_teacher(train: list[tuple[str, str]], noise: float, seed: int) -> list[tuple[str, str]]:
-    """The SFT data: with probability `noise` the teacher answers with the first digit rather than the largest."""
+def make_sort_problem(rng: random.Random, min_digits: int, max_digits: int, max_digit: int = 9) -> tuple[str, str]:
+    """One sorting problem: `min_digits` to `max_digits` random digits (0 to `max_digit`), answered by the same digits
+    in ascending order, comma-separated: `"93814="` -> `"1,3,4,8,9"` (`2n - 1` answer tokens, plus end-of-text)."""
+    digits = [rng.randrange(max_digit + 1) for _ in range(rng.randint(min_digits, max_digits))]
+    return "".join(map(str, digits)) + "=", ",".join(map(str, sorted(digits)))
+
+
+def _wrong_answer(prompt: str, task: str) -> str:
+    """The noisy teacher's wrong rule: the first digit (max), or the digits written out in prompt order (sort)."""
+    return prompt[0] if task == "max" else ",".join(prompt.rstrip("="))
+
+
+def noisy_teacher(train: list[tuple[str, str]], noise: float, seed: int, task: str = "max") -> list[tuple[str, str]]:
+    """The SFT data: with probability `noise` the teacher follows the wrong rule (`_wrong_answer`) instead."""
     rng = random.Random(seed + 2)
-    return [(prompt, prompt[0] if rng.random() < noise else answer) for prompt, answer in train]
+    return [(prompt, _wrong_answer(prompt, task) if rng.random() < noise else answer) for prompt, answer in train]
 
 
-def make_splits(seed: int, num_digits: int, num_train: int, num_eval: int) -> tuple[list, list]:
+def make_splits(
+    seed: int,
+    num_digits: int,
+    num_train: int,
+    num_eval: int,
+    task: str = "max",
+    min_digits: int | None = None,
+    max_digit: int = 9,
+) -> tuple[list, list]:
     """Disjoint train and held-out `(prompt, answer)` lists: held-out prompts never appear in training."""
     rng = random.Random(seed)
+
+    def problem() -> tuple[str, str]:
+        if task == "sort":
+            return make_sort_problem(rng, min_digits or num_digits, num_digits, max_digit)
+        return make_problem(rng, num_digits)
+
     held_out: dict[str, str] = {}
     while len(held_out) < num_eval:
-        prompt, answer = make_problem(rng, num_digits)
+        prompt, answer = problem()
         held_out[prompt] = answer
     train = []
     while len(train) < num_train:
-        prompt, answer = make_problem(rng, num_digits)
+        prompt, answer = problem()
         if prompt not in held_out:
             train.append((prompt, answer))
     return train, list(held_out.items())
+
+
+def position_match_reward(prompts, completions, answer, **kwargs) -> list[float]:
+    """The sort task's dense reward: the share of character positions where the completion (stripped) agrees with the
+    answer, over the longer of the two; 1 exactly when the completion is the answer. A tiny model rarely sorts 8 to 16
+    digits exactly at first, so an exact-match reward alone would leave most groups without signal."""
+    rewards = []
+    for completion, gold in zip(completions, answer):
+        text = completion.strip()
+        rewards.append(sum(a == b for a, b in zip(text, gold)) / max(len(text), len(gold), 1))
+    return rewards
 
 
 def exact_match_reward(prompts, completions, answer, **kwargs) -> list[float]:
@@ -136,7 +219,7 @@ def build_model_and_tokenizer(config: DemoConfig):
         n_heads=config.n_heads,
         n_kv_heads=config.n_heads,
         mlp_hidden_size=config.mlp_hidden_size,
-        max_sequence_length=64,
+        max_sequence_length=64 if config.task == "max" else 2 * (config.num_digits + 2 + config.max_completion_length),
     )
     return model, tokenizer
 
@@ -223,6 +306,7 @@ def run_sft(model, tokenizer, train: list[tuple[str, str]], config: DemoConfig):
         weight_decay=0.0,
         max_completion_length=config.max_completion_length,
         fill_completions=True,
+        loss_normalizer=config.sft_normalizer,
     )
     trainer = MaskedDiffusionSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     _quiet_progress(trainer, "masked SFT", {"loss": "loss"})
@@ -246,13 +330,15 @@ def run_rl(model, tokenizer, train: list[tuple[str, str]], config: DemoConfig):
         learning_rate=config.rl_learning_rate,
         lr_scheduler_type="constant",
         weight_decay=0.0,
-        loss_type="grpo",  # the paper's loss (TRL defaults to "dapo")
+        loss_type="grpo",  # TRL defaults to "dapo"; under objective="paper*" the paper's weights replace it
+        objective=config.objective,
         beta=0.0,
         temperature=config.temperature,
         logprob_chunk_size=config.logprob_chunk_size,
     )
+    reward = exact_match_reward if config.task == "max" else position_match_reward
     trainer = JustGRPOTrainer(
-        model=model, reward_funcs=exact_match_reward, args=args, train_dataset=dataset, processing_class=tokenizer
+        model=model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer
     )
     _quiet_progress(trainer, "JustGRPO", {"reward": "reward", "entropy": "entropy"})
     trainer.train()
@@ -323,14 +409,16 @@ def run_demo(config: DemoConfig) -> dict:
     timings = {}
 
     num_train = config.sft_steps * config.sft_batch_size
-    train, held_out = make_splits(config.seed, config.num_digits, num_train, config.num_eval)
+    train, held_out = make_splits(
+        config.seed, config.num_digits, num_train, config.num_eval, config.task, config.min_digits, config.max_digit
+    )
     model, tokenizer = build_model_and_tokenizer(config)
     print(f"[demo] tiny LLaDA: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"{len(train)} SFT problems, {len(held_out)} held-out prompts")  # fmt: skip
 
     print("[demo] 1/4 masked-diffusion SFT")
     t0 = time.perf_counter()
-    sft = run_sft(model, tokenizer, noisy_teacher(train, config.teacher_noise, config.seed), config)
+    sft = run_sft(model, tokenizer, noisy_teacher(train, config.teacher_noise, config.seed, config.task), config)
     timings["sft"] = time.perf_counter() - t0
     model = sft.model
 
@@ -358,7 +446,7 @@ def run_demo(config: DemoConfig) -> dict:
 
     rl_logs = [log for log in rl.state.log_history if "reward" in log]
     metrics = {
-        "task": f"largest of {config.num_digits} digits, SFT teacher wrong {config.teacher_noise:.0%} of the time",
+        "task": describe_task(config),
         "seed": config.seed,
         "num_eval": len(held_out),
         "accuracy": {"before_rl": before, "after_rl": after, "delta": after - before},
@@ -385,6 +473,15 @@ def run_demo(config: DemoConfig) -> dict:
     return metrics
 
 
+def describe_task(config: DemoConfig) -> str:
+    what = (
+        f"largest of {config.num_digits} digits"
+        if config.task == "max"
+        else f"sorting {config.min_digits}-{config.num_digits} digits"
+    )
+    return f"{what}, SFT teacher wrong {config.teacher_noise:.0%} of the time"
+
+
 def parse_args(argv: list[str] | None = None) -> DemoConfig:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -395,7 +492,8 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     args = vars(parser.parse_args(argv))
     quick = args.pop("quick")
     overrides = {k: v for k, v in args.items() if v is not None}
-    return DemoConfig.quick(**overrides) if quick else DemoConfig(**overrides)
+    task = overrides.pop("task", "max")
+    return DemoConfig.quick(task, **overrides) if quick else DemoConfig.for_task(task, **overrides)
 
 
 def main(argv: list[str] | None = None) -> None:

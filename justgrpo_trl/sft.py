@@ -1,4 +1,4 @@
-"""Masked-diffusion SFT for diffusion LMs (LLaDA's SFT recipe, also d1's), to warm-start a model before RL.
+"""Masked-diffusion SFT for diffusion LMs (LLaDA's SFT recipe, or d1's normaliser), to warm-start a model before RL.
 
 For each sequence `t ~ U(eps, 1]`; each completion token is replaced by the mask token with probability `t` (the
 prompt and the padding never are); the loss is the cross-entropy on the masked tokens weighted by `1 / t`, divided by
@@ -48,6 +48,7 @@ from .models import apply_chat_template_fix, get_spec, resolve_special_tokens
 logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
+SFT_LOSS_NORMALIZERS = ("llada", "d1")
 
 
 @dataclass
@@ -82,6 +83,16 @@ class MaskedDiffusionSFTConfig(TrainingArguments):
             "padding."
         },
     )
+    loss_normalizer: str = field(
+        default="llada",
+        metadata={
+            "help": "'llada' (default): each sequence's weighted masked CE divided by its own completion length, then "
+            "averaged over the batch (LLaDA's SFT). 'd1': the batch's weighted masked CE divided by the batch's "
+            "number of completion tokens (d1's SFT). They agree when every completion has the same length (as with "
+            "`fill_completions` to `max_completion_length`); otherwise 'llada' weighs each example equally and 'd1' "
+            "each token equally."
+        },
+    )
     model_init_kwargs: dict[str, Any] | None = field(
         default=None,
         metadata={"help": "Keyword arguments for `AutoModelForCausalLM.from_pretrained` when `model` is a string."},
@@ -91,6 +102,8 @@ class MaskedDiffusionSFTConfig(TrainingArguments):
         super().__post_init__()
         if not 0.0 < self.mask_eps < 1.0:
             raise ValueError(f"mask_eps must be in (0, 1), got {self.mask_eps}.")
+        if self.loss_normalizer not in SFT_LOSS_NORMALIZERS:
+            raise ValueError(f"loss_normalizer must be one of {SFT_LOSS_NORMALIZERS}, got {self.loss_normalizer!r}.")
         for name in ("max_prompt_length", "max_completion_length"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -256,15 +269,20 @@ class MaskedDiffusionSFTTrainer(Trainer):
             self._signature_columns = ["prompt_ids", "completion_ids"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """LLaDA's SFT loss: `sum_{masked} CE / (t * answer_length) / batch_size`, logits at masked positions only."""
+        """The masked-diffusion SFT loss, logits at masked positions only. `loss_normalizer='llada'`:
+        `sum_{masked} CE / (t * answer_length) / batch_size`; `'d1'`: `sum_{masked} CE / t / sum(answer_lengths)`."""
         labels, p_mask, answer_lengths = inputs["labels"], inputs["p_mask"], inputs["answer_lengths"]
         masked = labels != IGNORE_INDEX
         keep = logit_positions(masked, self.special_tokens.logit_shift)
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep)
         logits = scaled_logits(outputs.logits, self.special_tokens.mask_id)  # [N, V] fp32, mask token excluded
         token_loss = F.cross_entropy(logits, labels[masked], reduction="none")
-        weights = (p_mask.float()[:, None] * answer_lengths.clamp(min=1).float()[:, None]).expand_as(labels)[masked]
-        loss = (token_loss / weights).sum() / labels.size(0)
+        if self.args.loss_normalizer == "d1":
+            weights = p_mask.float()[:, None].expand_as(labels)[masked]
+            loss = (token_loss / weights).sum() / answer_lengths.sum().clamp(min=1).float()
+        else:
+            weights = (p_mask.float()[:, None] * answer_lengths.clamp(min=1).float()[:, None]).expand_as(labels)
+            loss = (token_loss / weights[masked]).sum() / labels.size(0)
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -26,8 +26,15 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import _ForwardRedirection, unwrap_model_for_generation
 
 from . import validation
-from .chunked_backward import ChunkBackward, backward_chunk_by_chunk, chunked_backward_blockers, token_loss_for
+from .chunked_backward import (
+    ChunkBackward,
+    backward_chunk_by_chunk,
+    chunked_backward_blockers,
+    token_loss_for,
+    trl_loss_weights,
+)
 from .config import JustGRPOConfig
+from .decoding import cut_at_stop
 from .estimators import ESTIMATORS, EstimatorContext, ScoringBatch
 from .estimators.base import pad_lists
 from .estimators.scoring import target_logps
@@ -94,11 +101,14 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
                 autocast=self.accelerator.autocast,
                 sync_forward_count=self._max_across_sharded_ranks,
                 high_entropy_mask=self.get_high_entropy_mask,
+                gather=self.accelerator.gather,
+                loss_weights=partial(trl_loss_weights, self),
                 rollout_all_done=self._all_sharded_ranks_done if self._forwards_are_collective() else None,
             )
         )
         self._forward_redirection = _ForwardRedirection()
         self._pending_sampling_logps: tuple[list[list[float]], list[list[int]]] | None = None
+        self._past_stop: tuple[list[list[int]], list[list[float]]] | None = None
         self._scored: tuple[torch.Tensor, torch.Tensor] | None = None
         self._chunked_backward_blocker = chunked_backward_blockers(self, self.estimator.chunkable)
         if args.chunked_backward and self._chunked_backward_blocker:
@@ -141,7 +151,30 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
         reuse = self.args.reuse_sampling_logprobs or self.estimator.requires_sampling_logprobs
         if reuse and self.estimator.sampling_logprobs_exact and old_logps_needed and self.model.training:
             self._pending_sampling_logps = (output.logprobs, output.completion_ids)
-        return output.completion_ids, output.logprobs
+        if not self.estimator.decodes_past_stop:
+            return output.completion_ids, output.logprobs
+        # TRL decodes the completions it returns into the text the rewards see: hand it each one up to its first stop
+        # token, and swap the whole canvas back in `_generate`, for the loss.
+        self._past_stop = (output.completion_ids, output.logprobs)
+        cut = [cut_at_stop(ids, self.special_tokens.stop_ids) for ids in output.completion_ids]
+        return cut, [logps[: len(ids)] for ids, logps in zip(cut, output.logprobs)]
+
+    def _generate(self, prompts: list):
+        """TRL's `_generate`; an estimator that decodes past the stop token gets its whole canvases back (after TRL
+        decoded the text up to the first stop token)."""
+        output = super()._generate(prompts)
+        past_stop, self._past_stop = self._past_stop, None
+        if past_stop is None:
+            return output
+        prompt_ids, _, tool_mask, completions, _, *rest = output
+        return (prompt_ids, past_stop[0], tool_mask, completions, past_stop[1], *rest)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's rewards, on each completion up to its first stop token (what decodes past it is trained, not
+        rewarded)."""
+        if self.estimator.decodes_past_stop:
+            completion_ids_list = [cut_at_stop(ids, self.special_tokens.stop_ids) for ids in completion_ids_list]
+        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
 
     def _generate_and_score_completions(self, inputs):
         """TRL's generation step, bracketed by the estimator's per-generation-batch hooks."""
@@ -241,8 +274,9 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
         scored values, without gradient, for the loss value and metrics; the two losses must agree."""
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        loss_inputs = self.estimator.loss_inputs(inputs, self._inner_iteration())
         plan = self.estimator.plan(self._scoring_batch(input_ids, attention_mask, inputs["prompt_ids"].size(1)))
-        token_loss = token_loss_for(self, inputs, plan.policy_mask, plan.token_weights)
+        token_loss = token_loss_for(self, loss_inputs, plan.policy_mask, plan.token_weights)
         score = partial(
             target_logps,
             mask_id=self.special_tokens.mask_id,
@@ -281,5 +315,8 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
     def _compute_loss(self, model, inputs):
         """TRL's loss, through the estimator (which may adjust its inputs or replace it), at the inner iteration
         (of `num_iterations`) being trained."""
-        iteration = (self._step // self.args.steps_per_generation) % self.num_iterations
-        return self.estimator.compute_loss(partial(super()._compute_loss, model), inputs, iteration)
+        return self.estimator.compute_loss(partial(super()._compute_loss, model), inputs, self._inner_iteration())
+
+    def _inner_iteration(self) -> int:
+        """The inner iteration (of `num_iterations`) the current micro-batch trains."""
+        return (self._step // self.args.steps_per_generation) % self.num_iterations

@@ -9,7 +9,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from justgrpo_trl.demo import DemoConfig, exact_match_reward, make_problem, make_splits, noisy_teacher, parse_args
+from justgrpo_trl.demo import (
+    DemoConfig,
+    exact_match_reward,
+    make_problem,
+    make_sort_problem,
+    make_splits,
+    noisy_teacher,
+    parse_args,
+    position_match_reward,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,3 +91,40 @@ def test_cli_flags():
     assert (config.seed, config.rl_steps, config.output_dir) == (3, 5, "x")
     assert config.sft_steps == DemoConfig.quick().sft_steps
     assert parse_args([]) == DemoConfig()
+
+
+def test_sort_task_has_multi_token_answers_of_varied_length():
+    import random
+
+    rng = random.Random(0)
+    problems = [make_sort_problem(rng, 8, 16) for _ in range(300)]
+    for prompt, answer in problems:
+        digits = prompt.rstrip("=")
+        assert prompt.endswith("=") and 8 <= len(digits) <= 16
+        assert answer == ",".join(sorted(digits))
+    lengths = {len(answer) + 1 for _, answer in problems}  # one token per character, plus end-of-text
+    assert min(lengths) == 16 and max(lengths) == 32 and len(lengths) == 9
+    train, held_out = make_splits(0, 16, 500, 50, "sort", 8)
+    assert not {p for p, _ in train} & {p for p, _ in held_out}
+    noisy = noisy_teacher(train, 0.5, 0, "sort")
+    assert all(a in (t, ",".join(p.rstrip("="))) for (p, a), (_, t) in zip(noisy, train))
+    assert position_match_reward(None, ["1,2,3", "1,2", "3,2,1"], ["1,2,3"] * 3) == [1.0, 0.6, 0.6]
+
+
+def test_cli_selects_the_sort_task_with_its_defaults():
+    config = parse_args(["--task", "sort", "--seed", "2"])
+    assert config == DemoConfig.for_task("sort", seed=2)
+    assert (config.max_completion_length, config.min_digits, config.num_digits) == (32, 8, 16)
+    assert parse_args(["--task", "sort", "--max_completion_length", "40"]).max_completion_length == 40
+    assert parse_args(["--quick", "--task", "sort"]).task == "sort"
+    with pytest.raises(ValueError, match="task"):
+        DemoConfig(task="reverse")
+
+
+def test_quick_sort_demo_runs_with_the_paper_objective(tmp_path, single_thread):
+    from justgrpo_trl.demo import run_demo
+
+    config = DemoConfig.quick("sort", output_dir=str(tmp_path), sft_steps=2, rl_steps=1, num_eval=8, objective="paper")
+    metrics = run_demo(config)
+    assert metrics["config"]["task"] == "sort" and len(metrics["rl"]["reward_per_step"]) == 1
+    assert 0.0 <= metrics["accuracy"]["after_rl"] <= 1.0

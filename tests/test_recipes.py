@@ -39,7 +39,7 @@ def test_yaml_carries_the_paper_hyperparameters(recipe, monkeypatch):
     assert args.learning_rate == 5e-6 and args.lr_scheduler_type == "constant"
     assert (args.adam_beta1, args.adam_beta2, args.weight_decay, args.max_grad_norm) == (0.9, 0.999, 0.0, 1.0)
     assert args.beta == 0.0 and args.epsilon == 0.2 and args.num_iterations == 1
-    assert args.loss_type == "grpo" and args.scale_rewards == "group"
+    assert args.loss_type == "grpo" and args.scale_rewards == "group" and args.objective == "paper"
     assert args.temperature == 1.0 and args.max_completion_length == 256 and args.bf16
 
 
@@ -80,6 +80,7 @@ def test_recipe_trains_two_steps_and_writes_a_checkpoint_that_reloads(recipe, be
         "max_completion_length": 8,
         "logprob_chunk_size": 8,
         "beta": beta,
+        "objective": "trl" if beta else "paper",  # the paper's objective has no KL term
         "learning_rate": 1e-3,
         "use_cpu": True,
         "bf16": False,
@@ -126,8 +127,12 @@ def test_accelerate_configs_are_valid(name):
         ),
         (
             "gsm8k_agrpo",
-            dict(estimator="agrpo", lora_r=64, learning_rate=5e-6, lr_scheduler_type="cosine", beta=0.0,
-                 num_generations=8, agrpo_num_steps=24),
+            dict(estimator="agrpo", lora_r=64, lora_alpha=64, lora_dropout=0.0, learning_rate=5e-6,
+                 lr_scheduler_type="cosine", warmup_steps=0.01, adam_beta2=0.99, weight_decay=0.01, beta=0.0,
+                 num_generations=8, agrpo_num_steps=24, agrpo_step_sampler="entropy", agrpo_objective="reference",
+                 scale_rewards="none",
+                 max_completion_length=384, block_length=12, diffusion_steps=128, remasking="random",
+                 temperature=0.6, seed=333),
         ),
     ],
 )  # fmt: skip

@@ -103,6 +103,44 @@ def reference_loss(model, noised: list[dict], mask_id: int) -> torch.Tensor:
     return total / len(noised)
 
 
+def reference_loss_d1(model, noised: list[dict], mask_id: int) -> torch.Tensor:
+    """d1's SFT normaliser, written as a loop: the sum over the batch's masked tokens of CE / t, divided once by the
+    number of non-prompt (answer) tokens of the whole batch, not row by row."""
+    total, answer_tokens = torch.zeros(()), 0
+    for row in noised:
+        logits = model(input_ids=torch.tensor([row["noisy"]])).logits[0].float()
+        logits[:, mask_id] = float("-inf")
+        for position, target in row["targets"].items():
+            total = total - torch.log_softmax(logits[position], dim=-1)[target] / row["t"]
+        answer_tokens += row["answer_length"]
+    return total / answer_tokens
+
+
+@pytest.mark.parametrize("normalizer", ["llada", "d1"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_loss_normalizers_equal_their_transcriptions_on_unequal_answer_lengths(
+    tmp_path, tiny_model, tiny_tokenizer, tokens, seed, normalizer
+):
+    """No fill: the answers keep their own lengths , where LLaDA's and d1's normalisers differ."""
+    with torch.no_grad():
+        tiny_model.model.transformer.ff_out.weight.mul_(20.0)
+    trainer = make_trainer(tmp_path, tiny_model, tiny_tokenizer, fill_completions=False, loss_normalizer=normalizer)
+    batch = examples(tiny_tokenizer, tokens)
+    assert len({len(e["completion_ids"]) for e in batch}) >= 2
+    trainer.data_collator.generator = torch.Generator().manual_seed(seed)
+    loss = trainer.compute_loss(tiny_model, trainer.data_collator(batch))
+    noised = reference_noise(batch, tokens.mask_id, tokens.pad_id, None, None, torch.Generator().manual_seed(seed))
+    expected = {"llada": reference_loss, "d1": reference_loss_d1}[normalizer](tiny_model, noised, tokens.mask_id)
+    other = {"llada": reference_loss_d1, "d1": reference_loss}[normalizer](tiny_model, noised, tokens.mask_id)
+    assert not torch.isclose(expected, other, rtol=1e-3), "the batch should tell the two normalisers apart"
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_loss_normalizer_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="loss_normalizer"):
+        make_config(tmp_path, loss_normalizer="mean")
+
+
 @pytest.mark.parametrize("fill", [True, False], ids=["eos-fill", "no-fill"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_loss_equals_plain_reference(tmp_path, tiny_model, tiny_tokenizer, tokens, seed, fill):

@@ -10,7 +10,7 @@ The protocol is `base.Estimator`; the shared forwards are in `scoring.py`. A new
 `Estimator` subclass, plus one line in `ESTIMATORS`.
 """
 
-from .agrpo import AGRPO, stratified_step_weights
+from .agrpo import AGRPO, entropy_step_weights, stratified_step_weights
 from .ar_exact import ARExact
 from .base import Estimator, EstimatorContext, ScoringBatch, ScoringPlan
 from .diffu_grpo import DiffuGRPO
@@ -31,6 +31,7 @@ __all__ = [
     "EstimatorContext",
     "ScoringBatch",
     "ScoringPlan",
+    "entropy_step_weights",
     "score_canvases",
     "score_one_step",
     "stratified_step_weights",

@@ -9,20 +9,46 @@ trainer may backpropagate it chunk by chunk.
 JustGRPO-Fast (`justgrpo_fast=True`): only the `top_entropy_quantile` highest-entropy positions, chosen from the
 entropies the rollout recorded, are scored and trained; the others are never computed.
 
+The objective (`JustGRPOConfig.objective`):
+
+* `'trl'`: TRL's loss with its `loss_type` normaliser, on the tokens up to each completion's first stop token.
+* `'paper'`: the reference `grpo.py`. Rollouts decode all L slots (`ar_decode(stop_early=False)`), every slot is
+  trained, and token t of sample b weighs `1 / L / n_valid`, `n_valid` being the number of samples with a non-zero
+  advantage in the generation batch, per micro-batch, averaged over processes (`finish_generation_batch`). The
+  clipped per-token term `-min(r A, clip(r) A)` is positively homogeneous in A, so the paper's weights are applied by
+  scaling each row's advantage by `paper weight / loss_type weight` (both constant along a row for the clipped loss
+  types): TRL's own `_compute_loss` then computes, and logs, the paper's loss, and the chunked backward sees the same
+  terms.
+* `'paper_early_stop'`: the same weights on the tokens up to the first stop token, with early-stopping rollouts.
+
 Sampling options (`top_k`, `top_p`, `min_p`) truncate the rollout's distribution, and the scorer applies the same
 truncation, so the log-probs trained on are those of the distribution each token was drawn from.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import torch
+
+from ..chunked_backward import CLIPPED_LOSS_TYPES
 from ..decoding import DecodeOutput, SamplingFilter, ar_decode
 from .base import Estimator, LogProbs, ModelRun, ScoringBatch, ScoringPlan, recorded
 from .scoring import ar_canvases, exact_logps
 
 if TYPE_CHECKING:
     from ..config import JustGRPOConfig
+
+N_VALID_KEY = "paper_n_valid"  # per-row copy of the generation batch's n_valid, split with the batch by TRL
+
+
+def paper_token_weights(completion_mask: torch.Tensor, n_valid: torch.Tensor, gen_length: int) -> torch.Tensor:
+    """The reference's per-token weight `1 / L / n_valid` on the completion mask `[B, T]` (`n_valid` per row, `[B]`);
+    0 where `n_valid` is 0 (every advantage is then 0, and so is the loss). The reference divides by
+    `n_valid + 1e-5`; the exact ratio is used here (a relative difference of at most 1e-5 / n_valid)."""
+    n_valid = n_valid.float()
+    scale = torch.where(n_valid > 0, 1.0 / (gen_length * n_valid.clamp(min=1.0)), torch.zeros_like(n_valid))
+    return completion_mask.float() * scale[:, None]
 
 
 class ARExact(Estimator):
@@ -33,6 +59,18 @@ class ARExact(Estimator):
 
     @classmethod
     def check_config(cls, args: JustGRPOConfig) -> None:
+        if args.objective != "trl":
+            if args.beta != 0.0 or args.entropy_coef != 0.0 or args.use_adaptive_entropy:
+                raise ValueError(
+                    f"objective={args.objective!r} reweights the clipped policy term only (the reference has no KL "
+                    "and no entropy bonus): set beta=0 and entropy_coef=0."
+                )
+            if args.loss_type not in CLIPPED_LOSS_TYPES or args.importance_sampling_level != "token":
+                raise ValueError(
+                    f"objective={args.objective!r} needs a clipped token-level loss (loss_type in "
+                    f"{CLIPPED_LOSS_TYPES}, importance_sampling_level='token'); its normaliser is replaced by the "
+                    "paper's 1 / L / n_valid."
+                )
         if not args.justgrpo_fast:
             return
         if args.top_entropy_quantile >= 1.0:
@@ -54,6 +92,7 @@ class ARExact(Estimator):
             gen_length=args.max_completion_length,
             temperature=temperature,
             all_done=self.context.rollout_all_done,
+            stop_early=not self.decodes_past_stop,
             **self.context.tokens.decode_kwargs(),
         )
         self.records.store(prompt_ids, output)
@@ -64,6 +103,42 @@ class ARExact(Estimator):
         """The rollout's top-k/top-p/min-p truncation, applied again when scoring (None: the full distribution)."""
         args = self.context.args
         return SamplingFilter.from_options(args.top_k, args.top_p, args.min_p)
+
+    @property
+    def decodes_past_stop(self) -> bool:
+        return self.context.args.objective == "paper"
+
+    def finish_generation_batch(self, output: dict[str, Any]) -> dict[str, Any]:
+        """Under the paper's objectives, the reference's `n_valid`: this process' samples with a non-zero advantage in
+        the generation batch, per micro-batch (the generation batch is split into `steps_per_generation` micro-batches
+        of `per_device_train_batch_size`; the reference counts its own per accumulation step), averaged over
+        processes."""
+        output = super().finish_generation_batch(output)
+        if self.context.args.objective == "trl":
+            return output
+        advantages = output["advantages"]
+        rows = advantages.size(0)
+        count = (advantages != 0).reshape(rows, -1).any(-1).sum().float().reshape(1)
+        # Per micro-batch of `per_device_train_batch_size` samples, as the reference counts it per accumulation step.
+        micro_batches = max(1, round(rows / self.context.args.per_device_train_batch_size))
+        n_valid = self.context.gather(count).mean() / micro_batches
+        output[N_VALID_KEY] = n_valid.expand(rows).clone()
+        return output
+
+    def loss_inputs(self, inputs: dict[str, Any], iteration: int) -> dict[str, Any]:
+        """Under the paper's objectives, each row's advantage scaled by `paper weight / loss_type weight`, so that
+        TRL's loss (and the chunked backward's) weighs every token `1 / L / n_valid` (see the module docstring)."""
+        inputs = super().loss_inputs(inputs, iteration)
+        if self.context.args.objective == "trl":
+            return inputs
+        mask = inputs["completion_mask"].float()
+        tokens = mask.sum(-1)
+        paper = paper_token_weights(mask, inputs[N_VALID_KEY], self.context.args.max_completion_length).sum(-1)
+        trl = (self.context.loss_weights(inputs) * mask).sum(-1)
+        ratio = torch.where((trl > 0) & (tokens > 0), paper / trl.clamp(min=torch.finfo(trl.dtype).tiny), 0.0)
+        advantages = inputs["advantages"]
+        scale = ratio if advantages.dim() == 1 else ratio[:, None]
+        return {**inputs, "advantages": advantages * scale.to(advantages.dtype)}
 
     def plan(self, batch: ScoringBatch) -> ScoringPlan:
         """Every completion token, or under JustGRPO-Fast the top-entropy ones (with the rollout's entropies, and

@@ -51,6 +51,9 @@ class EstimatorContext:
         rollout_all_done: for samplers whose forward count depends on the data (early exit): given whether this
             process is done, whether every process that must run as many forwards is; None where forwards are not
             collective.
+        gather: the accelerator's `gather` (concatenates a tensor over processes; the identity on one).
+        loss_weights: `[B, T]` weight of each token's term in TRL's loss for a micro-batch's inputs (its
+            `loss_type` normaliser, `chunked_backward.loss_weights`), for estimators that reweight it.
     """
 
     args: JustGRPOConfig
@@ -59,6 +62,8 @@ class EstimatorContext:
     autocast: Callable[[], AbstractContextManager]
     sync_forward_count: Callable[[int], int]
     high_entropy_mask: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    gather: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
+    loss_weights: Callable[[dict[str, Any]], torch.Tensor] | None = None
     rollout_all_done: Callable[[bool], bool] | None = None
 
 
@@ -107,42 +112,74 @@ def pad_lists(rows: list[list], width: int, device, dtype=torch.float32, fill=0)
     return out.to(device)
 
 
+ROW_INDEX_KEY = "rollout_row_index"  # each row's index in its rollout, carried with the row through TRL's shuffle
+
+
 class RolloutRecords:
-    """What the last rollout recorded per completion (entropies, log-probs, a parallel sampler's trajectory), looked
-    up again when TRL scores that completion."""
+    """What the last rollout recorded per completion (entropies, log-probs, a parallel sampler's trajectory), kept
+    per row, in the rollout's order, and found again by row, never by text: two identical completions of one prompt
+    keep their own records (a parallel sampler may have unmasked them in different orders).
+
+    TRL scores a rollout twice: right after it (old/reference log-probs, rows in the rollout's order) and per
+    micro-batch in the loss (rows shuffled and split). The estimator puts each row's rollout index in TRL's generation
+    output (`ROW_INDEX_KEY`), and `select`s a micro-batch's indices before its loss is computed.
+    """
 
     def __init__(self) -> None:
-        self._by_key: dict[tuple[tuple[int, ...], tuple[int, ...]], dict[str, list | None]] = {}
+        self._rows: list[dict[str, Any]] = []
+        self._selected: list[int] | None = None
 
     def store(self, prompt_ids: list[list[int]], output: DecodeOutput) -> None:
-        self._by_key = {
-            (tuple(prompt), tuple(output.completion_ids[i])): {
+        self._selected = None
+        self._rows = [
+            {
+                "prompt": tuple(prompt),
+                "completion": tuple(output.completion_ids[i]),
                 "entropies": output.entropies[i],
                 "logprobs": output.logprobs[i],
                 "canvas_ids": output.canvas_ids[i] if output.canvas_ids else None,
                 "canvas_steps": output.canvas_steps[i] if output.canvas_steps else None,
             }
             for i, prompt in enumerate(prompt_ids)
-        }
+        ]
 
-    def __getitem__(self, key: tuple[tuple[int, ...], tuple[int, ...]]) -> dict[str, list | None]:
-        return self._by_key[key]
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._rows[index]
+
+    def select(self, indices: torch.Tensor | None) -> None:
+        """The rollout indices of the rows of the micro-batch scored next (None: the rollout's own order)."""
+        self._selected = None if indices is None else [int(i) for i in indices.tolist()]
 
     def rows(self, batch: ScoringBatch, who: str) -> list[dict | None]:
         """The record of each row of `batch` (None for rows with nothing to score); `who` names the estimator in the
-        error raised for a completion this rollout did not sample."""
-        width = batch.prompt_width
+        error raised for a row this rollout did not sample."""
+        width, size = batch.prompt_width, batch.input_ids.size(0)
+        if self._selected is not None and len(self._selected) == size:
+            indices = self._selected
+        elif size == len(self._rows):
+            indices = list(range(size))
+        else:
+            indices = [None] * size
         lengths = batch.completion_mask.sum(1).tolist()
         records = []
-        for ids, mask, length in zip(batch.input_ids.tolist(), batch.attention_mask.tolist(), lengths):
+        for index, ids, mask, length in zip(indices, batch.input_ids.tolist(), batch.attention_mask.tolist(), lengths):
+            if not length:
+                records.append(None)
+                continue
             prompt = tuple(t for t, m in zip(ids[:width], mask[:width]) if m)
-            key = (prompt, tuple(ids[width : width + length]))
-            if length and key not in self._by_key:
+            record = self._rows[index] if index is not None else None
+            if record is None or (record["prompt"], record["completion"]) != (
+                prompt,
+                tuple(ids[width : width + length]),
+            ):
                 raise RuntimeError(
                     f"{who} needs what the rollout recorded, but this completion was not sampled by this trainer's "
-                    "rollout."
+                    "rollout (or its row cannot be matched with the rollout's)."
                 )
-            records.append(self._by_key.get(key) if length else None)
+            records.append(record)
         return records
 
 
@@ -173,6 +210,12 @@ class Estimator:
     @classmethod
     def check_config(cls, args: JustGRPOConfig) -> None:
         """Refuse option combinations this estimator cannot honour (called from `JustGRPOConfig.__post_init__`)."""
+
+    @property
+    def decodes_past_stop(self) -> bool:
+        """Whether rollouts return (and the loss trains) every slot of the canvas, past the first stop token. The
+        trainer then lets TRL decode and reward each completion up to its first stop token only."""
+        return False
 
     @property
     def sampling_logprobs_exact(self) -> bool:
@@ -207,15 +250,26 @@ class Estimator:
         """Called before TRL generates and scores a new generation batch."""
 
     def finish_generation_batch(self, output: dict[str, Any]) -> dict[str, Any]:
-        """TRL's generation output, with whatever this estimator adds for its loss (split with the batch by TRL)."""
+        """TRL's generation output, with whatever this estimator adds for its loss (split with the batch by TRL): at
+        least each row's rollout index, so that its records are found again by row. Overrides call this."""
+        rows = output["completion_ids"].size(0)
+        if len(self.records) == rows:
+            output[ROW_INDEX_KEY] = torch.arange(rows, device=output["completion_ids"].device)
         return output
+
+    def loss_inputs(self, inputs: dict[str, Any], iteration: int) -> dict[str, Any]:
+        """The inputs of TRL's loss for one micro-batch, as this estimator adjusts them (unchanged by default). Both
+        loss paths use them: `compute_loss` (checkpointed) and the trainer's chunked backward. Returns a new dict;
+        `inputs` is not modified. Overrides call this: it selects the micro-batch's rollout records."""
+        self.records.select(inputs.get(ROW_INDEX_KEY))
+        return inputs
 
     def compute_loss(
         self, trl_loss: Callable[[dict[str, Any]], torch.Tensor], inputs: dict[str, Any], iteration: int
     ) -> torch.Tensor:
-        """The loss of one micro-batch: TRL's `_compute_loss` (`trl_loss`) by default. `iteration` is the inner
-        iteration (of `num_iterations`) being trained. Override to adjust the inputs or to replace the objective."""
-        return trl_loss(inputs)
+        """The loss of one micro-batch: TRL's `_compute_loss` (`trl_loss`) on `loss_inputs` by default. `iteration`
+        is the inner iteration (of `num_iterations`) being trained. Override to replace the objective."""
+        return trl_loss(self.loss_inputs(inputs, iteration))
 
 
 class BlockRolloutEstimator(Estimator):
