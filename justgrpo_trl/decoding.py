@@ -14,8 +14,12 @@ log-prob and entropy of every token when it was chosen and the step at which it 
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .cached_decoding import RolloutCache
 
 
 @dataclass
@@ -182,6 +186,7 @@ def ar_decode(
     logit_shift: int = 0,
     generator: torch.Generator | None = None,
     all_done: Callable[[bool], bool] | None = None,
+    cache: "RolloutCache | None" = None,
 ) -> DecodeOutput:
     """Autoregressive-order decoding of a masked diffusion LM (JustGRPO's rollout).
 
@@ -196,7 +201,21 @@ def ar_decode(
     run the same number of forwards, since each forward gathers parameters collectively: it is called once per step
     on every process and says whether every process is done; a process whose rows have all stopped keeps running
     one-row forwards (their output unused) until then.
+
+    `cache` (a `cached_decoding.RolloutCache`, off by default) makes the rollout approximate and cheaper: a full
+    forward every `cache.refresh_every` tokens and span forwards over cached keys and values in between (see
+    `cached_decoding`); `refresh_every=1` is this exact rollout, token for token. Not with `all_done`.
     """
+    if cache is not None:
+        if all_done is not None:
+            raise ValueError("A rollout cache cannot run with sharded (collective) forwards; set rollout_cache=None.")
+        from .cached_decoding import cached_ar_decode
+
+        return cached_ar_decode(
+            model, prompts, cache=cache, gen_length=gen_length, mask_id=mask_id, stop_ids=stop_ids, pad_id=pad_id,
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, logit_shift=logit_shift,
+            generator=generator,
+        )  # fmt: skip
     sampling = SamplingFilter.from_options(top_k, top_p, min_p) if temperature > 0 else None
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device=device)
