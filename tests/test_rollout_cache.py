@@ -116,9 +116,8 @@ def test_cached_rollout_equals_a_plain_transcription(stop_heavy_model, kind, upd
         for step in range(len(cached.completion_ids[row])):
             if step % r == 0:  # refresh: record every layer's keys/values of the full canvas
                 keys, values = [], []
-                hooks = [
-                    b.k_proj.register_forward_hook(lambda m, i, o: keys.append(o.detach().clone())) for b in blocks
-                ] + [b.v_proj.register_forward_hook(lambda m, i, o: values.append(o.detach().clone())) for b in blocks]
+                hooks = [b.k_proj.register_forward_hook(_recorder(keys)) for b in blocks]
+                hooks += [b.v_proj.register_forward_hook(_recorder(values)) for b in blocks]
                 with torch.no_grad():
                     logits = model(input_ids=canvas).logits[0, width + step]
                 for hook in hooks:
@@ -133,6 +132,10 @@ def test_cached_rollout_equals_a_plain_transcription(stop_heavy_model, kind, upd
             out.append(token)
             canvas[0, width + step] = token
         assert out == cached.completion_ids[row], (kind, update, row)
+
+
+def _recorder(store: list):
+    return lambda module, args, output: store.append(output.detach().clone())
 
 
 def _plain_span_forward(model, canvas, lo, hi, keys, values):
@@ -169,3 +172,128 @@ def test_cache_options_are_checked():
         RolloutCache("dual", 0)
     with pytest.raises(ValueError, match="update"):
         RolloutCache("dual", 4, "lazy")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The importance-sampling correction of the policy gradient
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _cached_trainer(model, tokenizer, tmp_path, **overrides):
+    from test_trainer_exact import make_trainer
+
+    options = dict(rollout_cache="dual", rollout_cache_refresh=4, loss_type="grpo")
+    options.update(overrides)
+    return make_trainer(model, tokenizer, tmp_path, **options)
+
+
+def _inputs(prompts, completions, sampling, advantages, pad_id):
+    from test_trainer_exact import trl_batch
+
+    prompt_ids_, prompt_mask, completion_ids, completion_mask = trl_batch(prompts, completions, pad_id)
+    sampling_logps = torch.zeros(completion_mask.shape)
+    for row, values in enumerate(sampling):
+        sampling_logps[row, : len(values)] = torch.tensor(values)
+    return {
+        "prompt_ids": prompt_ids_,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": advantages,
+        "num_items_in_batch": completion_mask.sum(),
+        "sampling_per_token_logps": sampling_logps,
+    }
+
+
+def _trl_truncated_is_gradients(model, prompts, completions, sampling, advantages, tokens, mode, low, high, eps=0.2):
+    """A plain transcription of TRL 1.16's `_compute_loss` with `vllm_importance_sampling_correction` (token level,
+    loss_type 'grpo', on-policy: old = current log-probs, detached), each exact log-prob from its own forward."""
+    from test_trainer_exact import TEMPERATURE, oracle_logps
+
+    model.zero_grad()
+    losses = []
+    for prompt, completion, sampled, advantage in zip(prompts, completions, sampling, advantages):
+        logps = torch.stack(oracle_logps(model, prompt, completion, tokens, TEMPERATURE))
+        old = logps.detach()
+        ratio = torch.exp(old - torch.tensor(sampled))  # TRL: exp(old_per_token_logps - sampling_per_token_logps)
+        if mode == "token_truncate":
+            is_ratio = torch.clamp(ratio, min=low, max=high)
+        else:
+            is_ratio = ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
+        coef_1 = torch.exp(logps - old)
+        coef_2 = torch.clamp(coef_1, 1 - eps, 1 + eps)
+        per_token_loss = -torch.min(coef_1 * advantage, coef_2 * advantage) * is_ratio
+        losses.append(per_token_loss.sum() / len(completion))
+    (torch.stack(losses).mean()).backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked_backward", "checkpointed"])
+@pytest.mark.parametrize("mode", ["token_truncate", "token_mask"])
+def test_correction_gradient_equals_trl_truncated_is_loss(stop_heavy_model, tmp_path, mode, chunked):
+    from test_trainer_exact import prompt_ids, rollout
+
+    model, tokenizer, tokens = stop_heavy_model
+    low, high = 0.7, 1.4
+    trainer = _cached_trainer(
+        model,
+        tokenizer,
+        tmp_path,
+        rollout_cache_importance_sampling_mode=mode,
+        rollout_cache_importance_sampling_clip_min=low,
+        rollout_cache_importance_sampling_clip_max=high,
+        chunked_backward=chunked,
+        logprob_chunk_size=3,
+    )
+    prompts = prompt_ids(tokenizer)[:4]
+    completions, sampling = rollout(trainer, prompts)
+    # Spread the sampler's log-probs so that ratios fall on both sides of both caps.
+    generator = torch.Generator().manual_seed(0)
+    sampling = [[v + 0.6 * float(torch.randn((), generator=generator)) for v in row] for row in sampling]
+    advantages = torch.tensor([1.0, -0.5, 0.25, -0.75])
+    expected = _trl_truncated_is_gradients(model, prompts, completions, sampling, advantages, tokens, mode, low, high)
+
+    inputs = _inputs(prompts, completions, sampling, advantages, tokens.pad_id)
+    trainer.model.zero_grad()
+    trainer.model.train()
+    assert (trainer._chunked_backward_blocker is None) == chunked
+    trainer.compute_loss(trainer.model, inputs).backward()
+    got = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()}
+    num = sum((got[n] - expected[n]).pow(2).sum() for n in expected).sqrt()
+    den = sum(expected[n].pow(2).sum() for n in expected).sqrt()
+    print(f"\n[IS] {mode}, chunked={chunked}: relative gradient error {(num / den).item():.3e}")
+    assert den > 0 and (num / den).item() <= 1e-4
+    metrics = trainer._metrics["train"]
+    clipped = metrics["sampling/importance_sampling_ratio/clipped_fraction"][-1]
+    assert 0.0 < clipped < 1.0
+    assert metrics["sampling/importance_sampling_ratio/min"][-1] >= (0.0 if mode == "token_mask" else low - 1e-6)
+    assert metrics["sampling/importance_sampling_ratio/max"][-1] <= high + 1e-6
+
+
+def test_correction_is_off_for_exact_rollouts_and_the_sampler_is_marked_approximate(stop_heavy_model, tmp_path):
+    """r = 1 (and no cache) is exact: no correction, the rollout's log-probs may be reused as old log-probs. With
+    r > 1 they are never passed off as exact: TRL's old-log-prob pass scores them."""
+    model, tokenizer, _ = stop_heavy_model
+    from test_trainer_exact import prompt_ids, rollout
+
+    exact = _cached_trainer(model, tokenizer, tmp_path, rollout_cache_refresh=1, num_iterations=2)
+    assert exact.rollout_correction is None and exact.estimator.sampling_logprobs_exact
+    model.train()
+    rollout(exact, prompt_ids(tokenizer)[:2])
+    assert exact._pending_sampling_logps is not None
+    cached = _cached_trainer(model, tokenizer, tmp_path, num_iterations=2)
+    assert cached.rollout_correction is not None and not cached.estimator.sampling_logprobs_exact
+    rollout(cached, prompt_ids(tokenizer)[:2])
+    assert cached._pending_sampling_logps is None
+
+
+def test_cache_options_are_validated(stop_heavy_model, tmp_path):
+    model, tokenizer, _ = stop_heavy_model
+    for overrides, message in [
+        (dict(rollout_cache="suffix"), "kind"),
+        (dict(rollout_cache_importance_sampling_mode="sequence_mask"), "sequence-level"),
+        (dict(estimator="diffu_grpo"), "ar_exact"),
+        (dict(loss_type="vespo"), "vespo"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            _cached_trainer(model, tokenizer, tmp_path, **overrides)

@@ -9,6 +9,10 @@ trainer may backpropagate it chunk by chunk.
 JustGRPO-Fast (`justgrpo_fast=True`): only the `top_entropy_quantile` highest-entropy positions, chosen from the
 entropies the rollout recorded, are scored and trained; the others are never computed.
 
+Rollout cache (`rollout_cache`, off by default): approximate rollouts (`cached_decoding.py`), whose sampling log-probs
+are then not the exact ones; the trainer weights each token's policy term by its importance ratio
+(`cache_correction.py`).
+
 Sampling options (`top_k`, `top_p`, `min_p`) truncate the rollout's distribution, and the scorer applies the same
 truncation, so the log-probs trained on are those of the distribution each token was drawn from.
 """
@@ -54,10 +58,17 @@ class ARExact(Estimator):
             gen_length=args.max_completion_length,
             temperature=temperature,
             all_done=self.context.rollout_all_done,
+            cache=args.rollout_cache_settings(),
             **self.context.tokens.decode_kwargs(),
         )
         self.records.store(prompt_ids, output)
         return output
+
+    @property
+    def sampling_logprobs_exact(self) -> bool:
+        """False with an approximate rollout cache (`rollout_cache`, r > 1): its log-probs are the cached sampler's."""
+        cache = self.context.args.rollout_cache_settings()
+        return cache is None or cache.exact
 
     @property
     def sampling(self) -> SamplingFilter | None:

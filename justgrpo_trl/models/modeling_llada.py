@@ -396,9 +396,7 @@ class LLaDAModelLM(LLaDAPreTrainedModel, GenerationMixin):
         """Logits `[B, K, V]` at `query_positions` of a span, with an approximate key/value cache for the rest of
         the canvas (`LLaDAModel.forward_cached`): the approximate AR rollout's forward
         (`justgrpo_trl.cached_decoding`). The default `forward` never uses a cache."""
-        hidden_states, cache = self.model.forward_cached(
-            input_ids, attention_mask, span_start, cache, query_positions
-        )
+        hidden_states, cache = self.model.forward_cached(input_ids, attention_mask, span_start, cache, query_positions)
         if self.config.weight_tying:
             return F.linear(hidden_states, self.model.transformer.wte.weight), cache
         return self.model.transformer.ff_out(hidden_states), cache
