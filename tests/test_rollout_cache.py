@@ -112,7 +112,7 @@ def test_cached_rollout_equals_a_plain_transcription(stop_heavy_model, kind, upd
     for row, prompt in enumerate(prompts):
         canvas = torch.tensor([prompt + [tokens.mask_id] * GEN_LENGTH])
         width, seq = len(prompt), canvas.size(1)
-        out = []
+        out, out_logps = [], []
         for step in range(len(cached.completion_ids[row])):
             if step % r == 0:  # refresh: record every layer's keys/values of the full canvas
                 keys, values = [], []
@@ -130,8 +130,24 @@ def test_cached_rollout_equals_a_plain_transcription(stop_heavy_model, kind, upd
             logits[tokens.mask_id] = float("-inf")
             token = int(logits.argmax())
             out.append(token)
+            out_logps.append(float(torch.log_softmax(logits, -1)[token]))
             canvas[0, width + step] = token
         assert out == cached.completion_ids[row], (kind, update, row)
+        torch.testing.assert_close(torch.tensor(cached.logprobs[row]), torch.tensor(out_logps), atol=1e-5, rtol=0)
+
+
+def test_cache_settings_give_different_rollouts(stop_heavy_model):
+    """The settings are really different approximations on this model (so the transcription test tells them apart):
+    their recorded log-probs differ from each other and from the exact ones."""
+    model, tokenizer, tokens = stop_heavy_model
+    runs = [_decode(model, tokenizer, tokens, None, temperature=0.0)]
+    for kind in ("prefix", "dual"):
+        for update in ("recompute", "append"):
+            runs.append(_decode(model, tokenizer, tokens, RolloutCache(kind, 4, update), temperature=0.0))
+    first = [torch.tensor(run.logprobs[1][:8]) for run in runs]
+    for i in range(len(first)):
+        for j in range(i):
+            assert not torch.allclose(first[i], first[j], atol=1e-4), (i, j)
 
 
 def _recorder(store: list):
@@ -297,3 +313,46 @@ def test_cache_options_are_validated(stop_heavy_model, tmp_path):
     ]:
         with pytest.raises(ValueError, match=message):
             _cached_trainer(model, tokenizer, tmp_path, **overrides)
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked_backward", "checkpointed"])
+def test_fast_corrects_only_the_scored_tokens(stop_heavy_model, tmp_path, chunked):
+    """JustGRPO-Fast: only the top-entropy tokens are scored, and only they carry a (corrected) policy term; the
+    others have no exact log-prob and must not reach the loss (uncapped ratios: a stray one would be huge)."""
+    from test_trainer_exact import TEMPERATURE, oracle_logps, prompt_ids, rollout
+
+    model, tokenizer, tokens = stop_heavy_model
+    trainer = _cached_trainer(
+        model,
+        tokenizer,
+        tmp_path,
+        justgrpo_fast=True,
+        top_entropy_quantile=0.25,
+        chunked_backward=chunked,
+        rollout_cache_importance_sampling_clip_max=None,
+    )
+    prompts = prompt_ids(tokenizer)[:4]
+    completions, sampling = rollout(trainer, prompts)
+    recorded = [trainer.estimator.records[(tuple(p), tuple(c))]["entropies"] for p, c in zip(prompts, completions)]
+    threshold = torch.quantile(torch.tensor([e for row in recorded for e in row]), 0.75)
+    generator = torch.Generator().manual_seed(1)
+    sampling = [[v + 0.5 * float(torch.randn((), generator=generator)) for v in row] for row in sampling]
+    advantages = torch.tensor([1.0, -0.5, 0.25, -0.75])
+    model.zero_grad()
+    for prompt, completion, sampled, entropies, advantage in zip(
+        prompts, completions, sampling, recorded, advantages.tolist()
+    ):
+        for logp, q, entropy in zip(oracle_logps(model, prompt, completion, tokens, TEMPERATURE), sampled, entropies):
+            if entropy >= threshold:
+                weight = float(torch.exp(logp.detach() - q))
+                (-advantage * weight * logp / len(completion) / len(prompts)).backward()
+    expected = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    inputs = _inputs(prompts, completions, sampling, advantages, tokens.pad_id)
+    trainer.model.zero_grad()
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, inputs).backward()
+    got = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()}
+    num = sum((got[n] - expected[n]).pow(2).sum() for n in expected).sqrt()
+    den = sum(expected[n].pow(2).sum() for n in expected).sqrt()
+    assert den > 0 and (num / den).item() <= 1e-4
+    assert trainer._metrics["train"]["sampling/importance_sampling_ratio/clipped_fraction"][-1] == 0.0
