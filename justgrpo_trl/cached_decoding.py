@@ -50,7 +50,7 @@ class RolloutCache:
     kind: str = field(default="dual", metadata={"help": "'prefix' or 'dual' (prefix and masked suffix)."})
     refresh_every: int = field(default=8, metadata={"help": "r: a full forward every r tokens (1 = exact)."})
     update: str = field(
-        default="append",
+        default="recompute",
         metadata={"help": "'recompute': the tokens since the refresh are recomputed each step; 'append': once."},
     )
 

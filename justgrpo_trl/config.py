@@ -109,7 +109,7 @@ class JustGRPOConfig(GRPOConfig):
         metadata={"help": "rollout_cache: a full forward (a refresh) every r tokens; 1 is the exact rollout."},
     )
     rollout_cache_update: str = field(
-        default="append",
+        default="recompute",
         metadata={
             "help": "rollout_cache: between refreshes, 'append' computes each decoded token's keys/values once, one "
             "step after it was drawn (dKV-Cache style); 'recompute' recomputes every token decoded since the last "

@@ -155,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--offsets", type=int, nargs="+", default=[0, 120, 240], help="Window start slots.")
     parser.add_argument("--refresh", type=int, nargs="+", default=[4, 8, 16], help="r values.")
     parser.add_argument(
-        "--caches", nargs="+", default=["prefix:recompute", "dual:recompute", "dual:append"], help="kind:update list."
+        "--caches", nargs="*", default=["prefix:recompute", "dual:recompute", "dual:append"], help="kind:update list."
     )
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     parser.add_argument("--threads", type=int, default=1)
