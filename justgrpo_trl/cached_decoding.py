@@ -48,7 +48,7 @@ class RolloutCache:
     """How an AR rollout caches keys and values (see the module docstring)."""
 
     kind: str = field(default="dual", metadata={"help": "'prefix' or 'dual' (prefix and masked suffix)."})
-    refresh_every: int = field(default=8, metadata={"help": "r: a full forward every r tokens (1 = exact)."})
+    refresh_every: int = field(default=4, metadata={"help": "r: a full forward every r tokens (1 = exact)."})
     update: str = field(
         default="recompute",
         metadata={"help": "'recompute': the tokens since the refresh are recomputed each step; 'append': once."},
