@@ -356,3 +356,24 @@ def test_fast_corrects_only_the_scored_tokens(stop_heavy_model, tmp_path, chunke
     den = sum(expected[n].pow(2).sum() for n in expected).sqrt()
     assert den > 0 and (num / den).item() <= 1e-4
     assert trainer._metrics["train"]["sampling/importance_sampling_ratio/clipped_fraction"][-1] == 0.0
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked_backward", "checkpointed"])
+def test_training_with_a_cached_rollout_logs_the_ratio_metrics(tmp_path, tiny_checkpoint, chunked):
+    """End to end (2 steps, num_iterations=2 so that TRL computes old log-probs): the cached rollout, TRL's
+    old-log-prob pass, the correction against it, every parameter trained, the ratio metrics logged."""
+    from test_trainer_runs import assert_all_trainable_changed, assert_metrics, run_training
+
+    trainer, before = run_training(
+        tmp_path,
+        tiny_checkpoint,
+        rollout_cache="dual",
+        rollout_cache_refresh=4,
+        num_iterations=2,
+        loss_type="grpo",
+        chunked_backward=chunked,
+    )
+    assert_all_trainable_changed(trainer, before)
+    logs = assert_metrics(trainer)
+    for name in ("min", "mean", "max", "clipped_fraction"):
+        assert all(f"sampling/importance_sampling_ratio/{name}" in log for log in logs), logs
