@@ -33,6 +33,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather
 from trl import GRPOTrainer
 
+from .cache_correction import ImportanceCorrection
 from .collators import ARScoringCanvases, ScoringChunk
 
 CLIPPED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
@@ -71,7 +72,9 @@ class TokenLoss:
     """TRL's per-token GRPO loss term, weighted, for the (row, col) tokens of one chunk.
 
     `old_logps=None` is TRL's on-policy case (old = current, detached): the ratio is 1 and its gradient is that of
-    `log p`. `policy_mask` multiplies the policy term only, as TRL's entropy mask does.
+    `log p`. `policy_mask` multiplies the policy term only, as TRL's entropy mask does. With a cached rollout,
+    `correction` multiplies it by each token's importance weight (exact over `sampling_logps`, `cache_correction.py`),
+    as TRL's `importance_sampling_ratio` does.
     """
 
     loss_type: str
@@ -87,6 +90,8 @@ class TokenLoss:
     bias_corrected_kl: bool = False
     sapo_temperature_pos: float = 1.0
     sapo_temperature_neg: float = 1.0
+    sampling_logps: torch.Tensor | None = None
+    correction: "ImportanceCorrection | None" = None
 
     def __post_init__(self):
         if self.loss_type not in SEPARABLE_LOSS_TYPES:
@@ -112,6 +117,8 @@ class TokenLoss:
             term = -torch.min(unclipped * advantages, clipped * advantages)
         if self.policy_mask is not None:
             term = term * self.policy_mask[rows, cols]
+        if self.correction is not None and self.sampling_logps is not None:  # a cached rollout's importance weight
+            term = term * self.correction.weights(old.detach(), self.sampling_logps[rows, cols])
         if self.beta != 0.0:
             log_ref_ratio = self.ref_logps[rows, cols] - logps
             kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1
@@ -221,6 +228,8 @@ def token_loss_for(
         bias_corrected_kl=trainer.args.use_bias_correction_kl,
         sapo_temperature_pos=trainer.args.sapo_temperature_pos,
         sapo_temperature_neg=trainer.args.sapo_temperature_neg,
+        sampling_logps=inputs.get("sampling_per_token_logps"),
+        correction=getattr(trainer, "rollout_correction", None),
     )
 
 

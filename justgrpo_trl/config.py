@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from transformers.utils import logging
 from trl import GRPOConfig
 
+from .cache_correction import ImportanceCorrection
+from .cached_decoding import RolloutCache
 from .estimators import ESTIMATORS
 from .reliability import REWARD_ERROR_POLICIES
 
@@ -127,6 +129,53 @@ class JustGRPOConfig(GRPOConfig):
         },
     )
 
+    rollout_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "estimator='ar_exact': an approximate key/value cache for the AR rollouts (cached_decoding.py). "
+            "None (default): the exact rollout, one full-canvas forward per token. 'dual': prompt, decoded tokens "
+            "and masked suffix cached, only the newest slots computed between refreshes (3.6x faster rollouts at "
+            "r=4 on the 50m benchmark shape). 'prefix': the masked suffix is recomputed every step (closer to "
+            "exact, about 2x). Recommended when rollouts dominate: 'dual', r=4, 'recompute'; r=2 where a per-token "
+            "KL <= 0.01 matters more (2x). The sampling log-probs are then approximate and each token's policy term "
+            "is importance-weighted (rollout_cache_importance_sampling_*). Not under FSDP or ZeRO-3 without "
+            "ds3_gather_for_generation. The README has the measured speed and fidelity."
+        },
+    )
+    rollout_cache_refresh: int = field(
+        default=4,
+        metadata={"help": "rollout_cache: a full forward (a refresh) every r tokens; 1 is the exact rollout."},
+    )
+    rollout_cache_update: str = field(
+        default="recompute",
+        metadata={
+            "help": "rollout_cache: between refreshes, 'append' computes each decoded token's keys/values once, one "
+            "step after it was drawn (dKV-Cache style); 'recompute' recomputes every token decoded since the last "
+            "refresh at every step (Fast-dLLM style)."
+        },
+    )
+    rollout_cache_importance_sampling_correction: bool = field(
+        default=True,
+        metadata={
+            "help": "rollout_cache with r > 1: weight each token's policy-gradient term by its importance ratio "
+            "exact / sampling probability (TRL's vllm_importance_sampling_correction, for the cache). The exact "
+            "log-prob is the training forward's own; no extra scoring pass."
+        },
+    )
+    rollout_cache_importance_sampling_mode: str = field(
+        default="token_truncate",
+        metadata={
+            "help": "'token_truncate': ratios clipped to [clip_min, clip_max]; 'token_mask': ratios outside set to 0 "
+            "(TRL's vllm_importance_sampling_mode; sequence-level modes are not offered)."
+        },
+    )
+    rollout_cache_importance_sampling_clip_max: float | None = field(
+        default=3.0, metadata={"help": "Upper cap C_max of the ratio (TRL's vllm_importance_sampling_clip_max)."}
+    )
+    rollout_cache_importance_sampling_clip_min: float | None = field(
+        default=None, metadata={"help": "Lower cap C_min of the ratio (TRL's vllm_importance_sampling_clip_min)."}
+    )
+
     max_prompt_length: int | None = field(
         default=None,
         metadata={"help": "Longest prompt in tokens; longer ones are handled by `prompt_truncation`. None: no limit."},
@@ -194,6 +243,21 @@ class JustGRPOConfig(GRPOConfig):
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
         if self.agrpo_objective not in AGRPO_OBJECTIVES:
             raise ValueError(f"agrpo_objective must be one of {AGRPO_OBJECTIVES}, got {self.agrpo_objective!r}.")
+        if self.rollout_cache is not None:
+            self.rollout_cache_settings()  # validates kind, refresh and update
+            self.rollout_cache_correction()  # validates the mode
+            if self.estimator != "ar_exact":
+                raise ValueError("rollout_cache applies to estimator='ar_exact' only.")
+            if self.loss_type == "vespo" and self.rollout_cache_correction() is not None:
+                raise ValueError(
+                    "loss_type='vespo' computes its own sequence-level weights; the rollout cache's importance "
+                    "correction cannot be applied to it. Use another loss type or rollout_cache=None."
+                )
+            if self.objective == "paper":
+                raise ValueError(
+                    "rollout_cache stops each row at its first stop token, and objective='paper' decodes past it: use "
+                    "objective='paper_early_stop' (the same weights) or rollout_cache=None."
+                )
         if self.justgrpo_fast and self.estimator != "ar_exact":
             raise ValueError("justgrpo_fast applies to estimator='ar_exact' only.")
         ESTIMATORS[self.estimator].check_config(self)
@@ -201,6 +265,23 @@ class JustGRPOConfig(GRPOConfig):
             raise ValueError(f"reward_errors must be one of {REWARD_ERROR_POLICIES}, got {self.reward_errors!r}.")
         if self.logprob_chunk_size < 1:
             raise ValueError(f"logprob_chunk_size must be >= 1, got {self.logprob_chunk_size}.")
+
+    def rollout_cache_settings(self) -> "RolloutCache | None":
+        """The rollout cache these options describe (None: exact rollouts)."""
+        if self.rollout_cache is None:
+            return None
+        return RolloutCache(self.rollout_cache, self.rollout_cache_refresh, self.rollout_cache_update)
+
+    def rollout_cache_correction(self) -> "ImportanceCorrection | None":
+        """The importance correction of cached rollouts (None: exact rollouts, r = 1, or the correction off)."""
+        cache = self.rollout_cache_settings()
+        if cache is None or cache.exact or not self.rollout_cache_importance_sampling_correction:
+            return None
+        return ImportanceCorrection(
+            self.rollout_cache_importance_sampling_mode,
+            self.rollout_cache_importance_sampling_clip_min,
+            self.rollout_cache_importance_sampling_clip_max,
+        )
 
     @classmethod
     def from_grpo_config(cls, args: GRPOConfig) -> "JustGRPOConfig":

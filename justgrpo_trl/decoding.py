@@ -14,8 +14,12 @@ log-prob and entropy of every token when it was chosen and the step at which it 
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .cached_decoding import RolloutCache
 
 
 @dataclass
@@ -191,6 +195,7 @@ def ar_decode(
     generator: torch.Generator | None = None,
     stop_early: bool = True,
     all_done: Callable[[bool], bool] | None = None,
+    cache: "RolloutCache | None" = None,
 ) -> DecodeOutput:
     """Autoregressive-order decoding of a masked diffusion LM (JustGRPO's rollout).
 
@@ -208,7 +213,21 @@ def ar_decode(
 
     `stop_early=False` is the JustGRPO reference's rollout: every row decodes all `gen_length` slots, past its first
     stop token too, and the returned lists hold all `gen_length` tokens (cut them with `cut_at_stop` for the answer).
+
+    `cache` (a `cached_decoding.RolloutCache`, off by default) makes the rollout approximate and cheaper: a full
+    forward every `cache.refresh_every` tokens and span forwards over cached keys and values in between (see
+    `cached_decoding`); `refresh_every=1` is this exact rollout, token for token. Not with `all_done`.
     """
+    if cache is not None:
+        if all_done is not None:
+            raise ValueError("A rollout cache cannot run with sharded (collective) forwards; set rollout_cache=None.")
+        from .cached_decoding import cached_ar_decode
+
+        return cached_ar_decode(
+            model, prompts, cache=cache, gen_length=gen_length, mask_id=mask_id, stop_ids=stop_ids, pad_id=pad_id,
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, logit_shift=logit_shift,
+            generator=generator,
+        )  # fmt: skip
     sampling = SamplingFilter.from_options(top_k, top_p, min_p) if temperature > 0 else None
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device=device)

@@ -106,6 +106,8 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
                 rollout_all_done=self._all_sharded_ranks_done if self._forwards_are_collective() else None,
             )
         )
+        # A cached rollout's importance correction (None: exact rollouts); read by `token_loss_for` too.
+        self.rollout_correction = args.rollout_cache_correction()
         self._forward_redirection = _ForwardRedirection()
         self._pending_sampling_logps: tuple[list[list[float]], list[list[int]]] | None = None
         self._past_stop: tuple[list[list[int]], list[list[float]]] | None = None
@@ -315,7 +317,38 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
     def _compute_loss(self, model, inputs):
         """TRL's loss, through the estimator (which may adjust its inputs or replace it), at the inner iteration
         (of `num_iterations`) being trained."""
-        return self.estimator.compute_loss(partial(super()._compute_loss, model), inputs, self._inner_iteration())
+        iteration = self._inner_iteration()
+        if self.rollout_correction is not None and "sampling_per_token_logps" in inputs:
+            inputs = self._importance_corrected(model, inputs)
+        return self.estimator.compute_loss(partial(super()._compute_loss, model), inputs, iteration)
+
+    def _importance_corrected(self, model, inputs):
+        """A cached rollout's correction (`cache_correction.py`): each token's advantage scaled by its importance
+        weight, the exact log-prob being TRL's old one if it has one, else the training forward's own (scored here,
+        once, and handed to TRL's `_compute_loss` through `_scored`); the ratio metrics logged under TRL's names."""
+        exact = inputs.get("old_per_token_logps")
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        width = inputs["completion_ids"].size(1)
+        if exact is None:
+            if self._scored is None:
+                logps, entropies, _ = self._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, width, compute_entropy=True
+                )
+                self._scored = (logps, entropies)
+            exact = self._scored[0]
+        mask = inputs["completion_mask"].float()
+        if self.args.justgrpo_fast:  # only the scored tokens have an exact log-prob and a policy term
+            batch = self._scoring_batch(input_ids, attention_mask, inputs["prompt_ids"].size(1))
+            mask = mask * self.estimator.plan(batch).policy_mask
+        inputs, stats = self.rollout_correction.corrected_inputs(inputs, exact, mask)
+        mode = "train" if self.model.training else "eval"
+        for name, value in stats.items():
+            gathered = self.accelerator.gather(value.reshape(1))
+            reduced = gathered.min() if name.endswith("min") else gathered.max() if name.endswith("max") else None
+            value = gathered.mean() if reduced is None else reduced
+            self._metrics[mode][f"sampling/{name}"].append(value.item())
+        return inputs
 
     def _inner_iteration(self) -> int:
         """The inner iteration (of `num_iterations`) the current micro-batch trains."""

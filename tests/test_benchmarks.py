@@ -113,3 +113,32 @@ def test_profiler_peak_counts_live_tensors(bench):
 
     peak = bench.measure_peak_profiler(allocate)
     assert 8 << 20 <= peak < 9 << 20
+
+
+def test_rollout_cache_phase_runs_and_reports(tiny_checkpoint, tmp_path):
+    """The cache phase on the tiny model: speed of every setting next to the exact rollout, and fidelity on a
+    checkpoint (here the untrained tiny one, with a held-out prompt list beside it). Nothing is timed-asserted."""
+    import json
+    import shutil
+
+    from justgrpo_bench import cache
+
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    (checkpoint / "held_out.json").write_text(
+        json.dumps({"held_out": [["12=", "1,2"], ["93=", "3,9"]], "max_completion_length": 8})
+    )
+    argv = ["--model", "tiny", "--batch_size", "2", "--prompt_length", "8", "--gen_length", "16", "--window", "8"]
+    argv += ["--offsets", "0", "8", "--refresh", "2", "4", "--fidelity_checkpoint", str(checkpoint)]
+    threads = torch.get_num_threads()
+    try:
+        report = cache.run(argv + ["--json", str(tmp_path / "cache.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert set(report["speed"]) == {"exact"} | {
+        f"{kind}/r={r}" for kind in ("prefix/recompute", "dual/recompute", "dual/append") for r in (2, 4)
+    }
+    assert report["speed"]["exact"]["speedup"] == 1.0 and report["memory"]["cache_bytes"] > 0
+    for result in report["fidelity"].values():
+        assert result["tokens"] > 0 and result["kl"] >= 0.0
+    assert "| dual/append/r=4 |" in cache.format_table(report)

@@ -20,6 +20,9 @@ The objective (`JustGRPOConfig.objective`):
   types): TRL's own `_compute_loss` then computes, and logs, the paper's loss, and the chunked backward sees the same
   terms.
 * `'paper_early_stop'`: the same weights on the tokens up to the first stop token, with early-stopping rollouts.
+Rollout cache (`rollout_cache`, off by default): approximate rollouts (`cached_decoding.py`), whose sampling log-probs
+are then not the exact ones; the trainer weights each token's policy term by its importance ratio
+(`cache_correction.py`).
 
 Sampling options (`top_k`, `top_p`, `min_p`) truncate the rollout's distribution, and the scorer applies the same
 truncation, so the log-probs trained on are those of the distribution each token was drawn from.
@@ -93,10 +96,17 @@ class ARExact(Estimator):
             temperature=temperature,
             all_done=self.context.rollout_all_done,
             stop_early=not self.decodes_past_stop,
+            cache=args.rollout_cache_settings(),
             **self.context.tokens.decode_kwargs(),
         )
         self.records.store(prompt_ids, output)
         return output
+
+    @property
+    def sampling_logprobs_exact(self) -> bool:
+        """False with an approximate rollout cache (`rollout_cache`, r > 1): its log-probs are the cached sampler's."""
+        cache = self.context.args.rollout_cache_settings()
+        return cache is None or cache.exact
 
     @property
     def sampling(self) -> SamplingFilter | None:

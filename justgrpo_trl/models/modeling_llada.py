@@ -119,6 +119,57 @@ class LLaDABlock(GradientCheckpointingLayer):
         mlp = self.ff_out(F.silu(self.ff_proj(normed)) * self.up_proj(normed))
         return hidden_states + self.residual_dropout(mlp)
 
+    def forward_cached(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        span_start: int,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        query_positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The block on a contiguous span `[span_start, span_start + C)` of the canvas, attending to every position.
+
+        `hidden_states [B, C, d]` are the span's inputs and `rotary` its RoPE tables. The span's keys and values are
+        computed and written into `cache` (`[B, H_kv, S, D]` keys and values of the whole canvas, updated in place);
+        the other positions' keys and values are read from it as they are, stale or not. `cache=None` means the span
+        is the whole canvas (a refresh): the op sequence is then `forward`'s, bit for bit, and the fresh keys and
+        values are returned as the new cache. `query_positions [B, K]` (indices into the span) keep only those
+        positions' outputs, as in `forward`. Returns the block's output and the (updated) cache."""
+        batch, width, _ = hidden_states.shape
+        normed = self.attn_norm(hidden_states)
+        k = self.k_proj(normed).view(batch, width, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(normed).view(batch, width, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        k = apply_rotary(k, *rotary)
+        if cache is None:
+            keys, values = k, v
+        else:
+            keys, values = cache
+            keys[:, :, span_start : span_start + width] = k
+            values[:, :, span_start : span_start + width] = v
+        q_rotary = rotary
+        if query_positions is not None:
+            rows = torch.arange(batch, device=hidden_states.device)[:, None]
+            hidden_states, normed = hidden_states[rows, query_positions], normed[rows, query_positions]
+            q_rotary = tuple(table[rows, query_positions] for table in rotary)
+            width = query_positions.size(1)
+        q = self.q_proj(normed).view(batch, width, self.n_heads, self.head_dim).transpose(1, 2)
+        q = apply_rotary(q, *q_rotary)
+        attn = F.scaled_dot_product_attention(
+            q,
+            keys,
+            values,
+            attn_mask=attention_mask,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+            is_causal=False,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        attn = attn.transpose(1, 2).reshape(batch, width, -1)
+        hidden_states = hidden_states + self.residual_dropout(self.attn_out(attn))
+        normed = self.ff_norm(hidden_states)
+        mlp = self.ff_out(F.silu(self.ff_proj(normed)) * self.up_proj(normed))
+        return hidden_states + self.residual_dropout(mlp), (keys, values)
+
 
 class LLaDAPreTrainedModel(PreTrainedModel):
     config_class = LLaDAConfig
@@ -226,6 +277,40 @@ class LLaDAModel(LLaDAPreTrainedModel):
             all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
         return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states)
 
+    def forward_cached(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        span_start: int,
+        cache: "LLaDAKVCache | None",
+        query_positions: torch.LongTensor,
+    ) -> tuple[torch.Tensor, "LLaDAKVCache"]:
+        """Final normed hidden states `[B, K, d_model]` at `query_positions` (indices into the span) of the span
+        `input_ids [B, C]` starting at canvas position `span_start`, with the other positions' keys and values taken
+        from `cache` (see `LLaDABlock.forward_cached`). `attention_mask` is the whole canvas' 2D key-padding mask
+        `[B, S]`. `cache=None` runs the whole canvas (`input_ids` is then the canvas, `span_start` 0) and returns a
+        fresh cache; the logits are then `forward`'s with `query_positions`, bit for bit."""
+        if cache is None and span_start != 0:
+            raise ValueError("Without a cache the span must be the whole canvas (span_start=0).")
+        inputs_embeds = self.transformer.wte(input_ids)
+        batch, width, _ = inputs_embeds.shape
+        position_ids = torch.arange(span_start, span_start + width, device=inputs_embeds.device).expand(batch, width)
+        rotary = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.device)
+        mask = _expand_attention_mask(attention_mask, inputs_embeds.dtype)
+        hidden_states = self.transformer.emb_drop(inputs_embeds)
+        last = len(self.transformer.blocks) - 1
+        keys, values = [], []
+        for index, block in enumerate(self.transformer.blocks):
+            layer_cache = None if cache is None else (cache.keys[index], cache.values[index])
+            keep = query_positions if index == last else None
+            hidden_states, (k, v) = block.forward_cached(hidden_states, mask, rotary, span_start, layer_cache, keep)
+            keys.append(k)
+            values.append(v)
+        hidden_states = self.transformer.ln_f(hidden_states)
+        if cache is None:  # contiguous buffers, written in place by the cached steps
+            cache = LLaDAKVCache([k.contiguous() for k in keys], [v.contiguous() for v in values])
+        return hidden_states, cache
+
 
 class LLaDAModelLM(LLaDAPreTrainedModel, GenerationMixin):
     """LLaDA with its output head: `logits[b, i]` predicts the token at position `i` (no shift).
@@ -300,5 +385,44 @@ class LLaDAModelLM(LLaDAPreTrainedModel, GenerationMixin):
             logits = self.model.transformer.ff_out(hidden_states)
         return CausalLMOutput(logits=logits, hidden_states=outputs.hidden_states)
 
+    def forward_cached(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        span_start: int,
+        cache: "LLaDAKVCache | None",
+        query_positions: torch.LongTensor,
+    ) -> tuple[torch.Tensor, "LLaDAKVCache"]:
+        """Logits `[B, K, V]` at `query_positions` of a span, with an approximate key/value cache for the rest of
+        the canvas (`LLaDAModel.forward_cached`): the approximate AR rollout's forward
+        (`justgrpo_trl.cached_decoding`). The default `forward` never uses a cache."""
+        hidden_states, cache = self.model.forward_cached(input_ids, attention_mask, span_start, cache, query_positions)
+        if self.config.weight_tying:
+            return F.linear(hidden_states, self.model.transformer.wte.weight), cache
+        return self.model.transformer.ff_out(hidden_states), cache
 
-__all__ = ["LLaDAModel", "LLaDAModelLM", "LLaDAPreTrainedModel"]
+
+# ----------------------------------------------------------------------------------------------------------------
+# Approximate key/value cache (the cached AR rollout, `justgrpo_trl.cached_decoding`). LLaDA is bidirectional: a
+# position's keys and values depend on every other position, so cached ones are stale as soon as any token changes.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class LLaDAKVCache:
+    """Per-layer keys and values `[B, H_kv, S, D]` (keys after RoPE) of a whole canvas, as of its last refresh plus
+    whatever spans were written since (`LLaDAModel.forward_cached`)."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        self.keys, self.values = keys, values
+
+    def select(self, rows: torch.Tensor) -> "LLaDAKVCache":
+        """The cache of the given batch rows (rows that left the decoding batch are dropped)."""
+        return LLaDAKVCache([k[rows] for k in self.keys], [v[rows] for v in self.values])
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the cache holds, in bytes."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+__all__ = ["LLaDAKVCache", "LLaDAModel", "LLaDAModelLM", "LLaDAPreTrainedModel"]

@@ -1,0 +1,251 @@
+"""Rollout cache phase: speed and fidelity of cached AR rollouts (`cached_decoding`) against the exact one, same run.
+
+* **Speed** (random model of `--model` shape, `--batch_size` rows, prompt `--prompt_length`, canvas `--gen_length`):
+  rollout tokens per second of the exact rollout (`decoding.ar_decode`) and of each cache setting, timed on
+  `--window` decoding steps starting at each of `--offsets` (a window at offset k decodes slots k, k+1, ... of a canvas
+  whose first k slots are already written: the same forwards as steps k.. of a full rollout), summed over the windows.
+  A full rollout at the 50m shape costs minutes of CPU per setting; the windows sample its beginning, middle and end
+  (the prefix cache's span shrinks as the rollout advances, the dual cache's does not). Each window starts with a
+  refresh and is a multiple of every r measured, so the refresh fraction is exact. `--clock cpu` (default) counts
+  the process' CPU time on `--threads` threads, which other jobs on a shared host do not inflate.
+* **Memory**: the bytes the cache holds (every layer's keys and values of the whole canvas, `LLaDAKVCache.nbytes`),
+  next to the weights'.
+* **Fidelity** (`--fidelity_checkpoint`, a trained model): rollouts of its held-out prompts at temperature 1 with
+  each setting; every sampled token is then scored exactly (the canvas `[prompt | c_<j | MASK]`, one forward per
+  slot). Reported: the mean per-token KL(q || p) of the cached sampler q from the exact policy p, estimated without
+  bias from the sampled tokens (`r - 1 - log r`, r = p / q, averaged over tokens: never negative), and the spread of
+  the importance ratio r (mean, std, 1st/99th percentile, fraction outside TRL's default caps [0, 3]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from justgrpo_trl.cached_decoding import RolloutCache, cached_model
+from justgrpo_trl.decoding import ar_decode, build_canvas, left_pad, logprobs_and_entropy, scaled_logits
+
+from .models import MODEL_SHAPES, build_model
+
+
+class _WindowDone(Exception):
+    """Raised by `_Budget` once the window's forwards are done."""
+
+
+class _Budget:
+    """The model, stopping the rollout (by raising `_WindowDone`) after `steps` forwards, exact or cached."""
+
+    def __init__(self, model, steps: int):
+        self.model, self.left = model, steps
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def _spend(self):
+        if self.left == 0:
+            raise _WindowDone
+        self.left -= 1
+
+    def __call__(self, *args, **kwargs):
+        self._spend()
+        return self.model(*args, **kwargs)
+
+    def forward_cached(self, *args, **kwargs):
+        self._spend()
+        return self.model.forward_cached(*args, **kwargs)
+
+
+def _clock(kind: str) -> float:
+    return time.process_time() if kind == "cpu" else time.perf_counter()
+
+
+def time_rollout(model, prompts: torch.Tensor, tokens, args, cache: RolloutCache | None) -> tuple[float, int]:
+    """CPU (or wall) seconds and tokens of the windows, one rollout per offset."""
+    generator = torch.Generator().manual_seed(args.seed)
+    total_time, total_tokens = 0.0, 0
+    for offset in args.offsets:
+        decoded = prompts[:, torch.randint(prompts.size(1), (offset,), generator=generator)]
+        rows = torch.cat([prompts, decoded], dim=1).tolist()
+        budget = _Budget(model, args.window)
+        start = _clock(args.clock)
+        try:
+            ar_decode(
+                budget,
+                rows,
+                gen_length=args.gen_length - offset,
+                temperature=1.0,
+                generator=torch.Generator().manual_seed(args.seed),
+                cache=cache,
+                **tokens.decode_kwargs(),
+            )
+        except _WindowDone:
+            pass
+        total_time += _clock(args.clock) - start
+        total_tokens += prompts.size(0) * args.window
+    return total_time, total_tokens
+
+
+@torch.no_grad()
+def exact_token_logps(model, prompts: list[list[int]], completions: list[list[int]], gen_length: int, tokens):
+    """The exact AR-order log-prob of every sampled token: slot j read on `[prompt | c_<j | MASK x (L - j)]`."""
+    ids, mask = left_pad(prompts, tokens.pad_id)
+    canvas, attention_mask = build_canvas(ids, mask, gen_length, tokens.mask_id)
+    width = ids.size(1)
+    out = [[] for _ in completions]
+    for step in range(max(map(len, completions))):
+        rows = [i for i, c in enumerate(completions) if len(c) > step]
+        position = torch.full((len(rows), 1), width + step)
+        logits = model(input_ids=canvas[rows], attention_mask=attention_mask[rows], logits_to_keep=position).logits
+        logps, _ = logprobs_and_entropy(scaled_logits(logits[:, 0], tokens.mask_id, 1.0))
+        for k, row in enumerate(rows):
+            out[row].append(float(logps[k, completions[row][step]]))
+            canvas[row, width + step] = completions[row][step]
+    return out
+
+
+def fidelity(model, tokenizer, tokens, prompts: list[str], gen_length: int, cache: RolloutCache, seed: int) -> dict:
+    """Mean per-token KL(q || p) and the spread of r = p / q over the tokens of cached rollouts (module docstring)."""
+    prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
+    output = ar_decode(
+        model,
+        prompt_ids,
+        gen_length=gen_length,
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(seed),
+        cache=cache,
+        **tokens.decode_kwargs(),
+    )
+    exact = exact_token_logps(model, prompt_ids, output.completion_ids, gen_length, tokens)
+    pairs = [(p, q) for e, s in zip(exact, output.logprobs) for p, q in zip(e, s)]
+    log_ratio = torch.tensor([p - q for p, q in pairs], dtype=torch.float64)
+    ratio = log_ratio.exp()
+    return {
+        "tokens": int(ratio.numel()),
+        "mean_tokens_per_completion": ratio.numel() / len(prompts),
+        "kl": float((ratio - 1 - log_ratio).mean()),
+        "ratio_mean": float(ratio.mean()),
+        "ratio_std": float(ratio.std()),
+        "ratio_p01": float(ratio.quantile(0.01)),
+        "ratio_p99": float(ratio.quantile(0.99)),
+        "outside_caps": float((ratio > 3.0).double().mean()),
+    }
+
+
+def settings(args) -> list[tuple[str, RolloutCache | None]]:
+    """The exact rollout, then every (kind:update, r) asked for."""
+    out: list[tuple[str, RolloutCache | None]] = [] if args.no_exact else [("exact", None)]
+    for spec in args.caches:
+        kind, update = spec.split(":")
+        for r in args.refresh:
+            out.append((f"{kind}/{update}/r={r}", RolloutCache(kind, r, update)))
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(MODEL_SHAPES), default="50m")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--prompt_length", type=int, default=128)
+    parser.add_argument("--gen_length", type=int, default=256)
+    parser.add_argument("--window", type=int, default=16, help="Steps timed per window (a multiple of every r).")
+    parser.add_argument("--offsets", type=int, nargs="+", default=[0, 120, 240], help="Window start slots.")
+    parser.add_argument("--refresh", type=int, nargs="+", default=[4, 8, 16], help="r values.")
+    parser.add_argument(
+        "--caches", nargs="*", default=["prefix:recompute", "dual:recompute", "dual:append"], help="kind:update list."
+    )
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip_speed", action="store_true", help="Fidelity only.")
+    parser.add_argument("--no_exact", action="store_true", help="Leave the exact rollout out (runs split in parts).")
+    parser.add_argument("--fidelity_checkpoint", default=None, help="A trained checkpoint (with held_out.json).")
+    parser.add_argument("--fidelity_prompts", type=int, default=64)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    for r in args.refresh:
+        if args.window % r:
+            raise SystemExit(f"--window ({args.window}) must be a multiple of every --refresh value ({r}).")
+    if max(args.offsets) + args.window > args.gen_length:
+        raise SystemExit("--offsets + --window must fit in --gen_length.")
+    return args
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Run the phase, print a table, and return (and optionally write) the results."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    report: dict = {"args": vars(args), "speed": {}, "fidelity": {}}
+    if not args.skip_speed:
+        model, tokens = build_model(args.model, torch.device("cpu"), torch.float32, seed=args.seed)
+        cached_model(model)  # fails early on a model without forward_cached
+        generator = torch.Generator().manual_seed(args.seed)
+        reserved = {tokens.mask_id, tokens.pad_id, *tokens.stop_ids, 0}
+        pool = torch.tensor([t for t in range(model.config.vocab_size) if t not in reserved])
+        prompts = pool[torch.randint(pool.numel(), (args.batch_size, args.prompt_length), generator=generator)]
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        config = model.config
+        seq = args.prompt_length + args.gen_length
+        cache_bytes = 2 * config.n_layers * args.batch_size * seq * config.d_model * 4  # fp32 keys and values
+        report["memory"] = {"weights_bytes": weights, "cache_bytes": cache_bytes}
+        with torch.no_grad():
+            for name, cache in settings(args):
+                seconds, count = time_rollout(model, prompts, tokens, args, cache)
+                report["speed"][name] = {"seconds": seconds, "tokens": count, "tokens_per_s": count / seconds}
+                print(f"[speed] {name:26s} {count / seconds:8.2f} tokens/s ({args.clock} time {seconds:.1f}s)")
+        base = report["speed"].get("exact", {}).get("tokens_per_s")
+        for entry in report["speed"].values():
+            entry["speedup"] = entry["tokens_per_s"] / base if base else float("nan")
+    if args.fidelity_checkpoint:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from justgrpo_trl.models import get_spec, resolve_special_tokens
+
+        path = Path(args.fidelity_checkpoint)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokens = resolve_special_tokens(get_spec(model), tokenizer, model.config)
+        meta = json.loads((path / "held_out.json").read_text())
+        prompts = [p for p, _ in meta["held_out"][: args.fidelity_prompts]]
+        gen_length = meta["max_completion_length"]
+        with torch.no_grad():
+            for name, cache in [entry for entry in settings(args) if entry[1] is not None]:
+                result = fidelity(model, tokenizer, tokens, prompts, gen_length, cache, args.seed)
+                report["fidelity"][name] = result
+                print(
+                    f"[fidelity] {name:26s} KL {result['kl']:.5f}  ratio mean {result['ratio_mean']:.3f} std "
+                    f"{result['ratio_std']:.3f} p01 {result['ratio_p01']:.3f} p99 {result['ratio_p99']:.3f} "
+                    f">3: {result['outside_caps']:.4f}  ({result['mean_tokens_per_completion']:.1f} tokens/row)"
+                )
+    print(format_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def format_table(report: dict) -> str:
+    """Markdown table: speed (tokens/s, speedup) and fidelity (KL, ratio spread) per setting."""
+    lines = [
+        "| setting | tokens/s | speedup | mean KL(q‖p) | ratio std | ratio p01–p99 | ratio > 3 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys([*report["speed"], *report["fidelity"]]):
+        speed, fid = report["speed"].get(name), report["fidelity"].get(name)
+        cells = [name]
+        cells += [f"{speed['tokens_per_s']:.2f}", f"{speed['speedup']:.2f}×"] if speed else ["–", "–"]
+        if fid:
+            cells += [f"{fid['kl']:.4f}", f"{fid['ratio_std']:.3f}", f"{fid['ratio_p01']:.2f}–{fid['ratio_p99']:.2f}"]
+            cells += [f"{fid['outside_caps']:.4f}"]
+        else:
+            cells += ["–"] * 4
+        lines.append("| " + " | ".join(cells) + " |")
+    if "memory" in report:
+        memory = report["memory"]
+        lines.append(
+            f"\nCache memory: {memory['cache_bytes'] / 2**20:.1f} MiB (fp32 keys and values of every layer, whole "
+            f"canvas) next to {memory['weights_bytes'] / 2**20:.1f} MiB of weights."
+        )
+    return "\n".join(lines)
