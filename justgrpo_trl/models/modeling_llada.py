@@ -101,19 +101,24 @@ class LLaDABlock(GradientCheckpointingLayer):
             if attention_mask is not None and attention_mask.size(-2) > 1:  # a 4D mask's rows, one per query
                 index = query_positions[:, None, :, None].expand(-1, attention_mask.size(1), -1, seq)
                 attention_mask = attention_mask.expand(batch, -1, -1, -1).gather(2, index)
-            seq = query_positions.size(1)
-        q = self.q_proj(normed).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
+        return self._attend_and_mlp(hidden_states, normed, q_rotary, k, v, attention_mask)
+
+    def _attend_and_mlp(self, hidden_states, normed, q_rotary, keys, values, attention_mask) -> torch.Tensor:
+        """The rest of the block once keys and values are known: queries at the rows of `normed`, attention over
+        every key, the residual, and the MLP."""
+        batch, width, _ = hidden_states.shape
+        q = self.q_proj(normed).view(batch, width, self.n_heads, self.head_dim).transpose(1, 2)
         q = apply_rotary(q, *q_rotary)
         attn = F.scaled_dot_product_attention(
             q,
-            k,
-            v,
+            keys,
+            values,
             attn_mask=attention_mask,
             dropout_p=self.attention_dropout if self.training else 0.0,
             is_causal=False,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
-        attn = attn.transpose(1, 2).reshape(batch, seq, -1)
+        attn = attn.transpose(1, 2).reshape(batch, width, -1)
         hidden_states = hidden_states + self.residual_dropout(self.attn_out(attn))
         normed = self.ff_norm(hidden_states)
         mlp = self.ff_out(F.silu(self.ff_proj(normed)) * self.up_proj(normed))
@@ -152,23 +157,7 @@ class LLaDABlock(GradientCheckpointingLayer):
             rows = torch.arange(batch, device=hidden_states.device)[:, None]
             hidden_states, normed = hidden_states[rows, query_positions], normed[rows, query_positions]
             q_rotary = tuple(table[rows, query_positions] for table in rotary)
-            width = query_positions.size(1)
-        q = self.q_proj(normed).view(batch, width, self.n_heads, self.head_dim).transpose(1, 2)
-        q = apply_rotary(q, *q_rotary)
-        attn = F.scaled_dot_product_attention(
-            q,
-            keys,
-            values,
-            attn_mask=attention_mask,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-            is_causal=False,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )
-        attn = attn.transpose(1, 2).reshape(batch, width, -1)
-        hidden_states = hidden_states + self.residual_dropout(self.attn_out(attn))
-        normed = self.ff_norm(hidden_states)
-        mlp = self.ff_out(F.silu(self.ff_proj(normed)) * self.up_proj(normed))
-        return hidden_states + self.residual_dropout(mlp), (keys, values)
+        return self._attend_and_mlp(hidden_states, normed, q_rotary, keys, values, attention_mask), (keys, values)
 
 
 class LLaDAPreTrainedModel(PreTrainedModel):
