@@ -366,13 +366,14 @@ class LLaDAModelLM(LLaDAPreTrainedModel, GenerationMixin):
         hidden_states = outputs.last_hidden_state
         if not prune:
             hidden_states = slice_logits_to_keep(hidden_states, logits_to_keep)
+        return CausalLMOutput(logits=self._output_logits(hidden_states), hidden_states=outputs.hidden_states)
+
+    def _output_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The output head. Called as a module, not through its weight: FSDP gathers a unit's parameters when the
+        unit is called, and a LoRA adapter on the head applies."""
         if self.config.weight_tying:
-            logits = F.linear(hidden_states, self.model.transformer.wte.weight)
-        else:
-            # Called as a module, not through its weight: FSDP gathers a unit's parameters when the unit is called,
-            # and a LoRA adapter on the head applies.
-            logits = self.model.transformer.ff_out(hidden_states)
-        return CausalLMOutput(logits=logits, hidden_states=outputs.hidden_states)
+            return F.linear(hidden_states, self.model.transformer.wte.weight)
+        return self.model.transformer.ff_out(hidden_states)
 
     def forward_cached(
         self,
@@ -386,9 +387,7 @@ class LLaDAModelLM(LLaDAPreTrainedModel, GenerationMixin):
         the canvas (`LLaDAModel.forward_cached`): the approximate AR rollout's forward
         (`justgrpo_trl.cached_decoding`). The default `forward` never uses a cache."""
         hidden_states, cache = self.model.forward_cached(input_ids, attention_mask, span_start, cache, query_positions)
-        if self.config.weight_tying:
-            return F.linear(hidden_states, self.model.transformer.wte.weight), cache
-        return self.model.transformer.ff_out(hidden_states), cache
+        return self._output_logits(hidden_states), cache
 
 
 # ----------------------------------------------------------------------------------------------------------------
