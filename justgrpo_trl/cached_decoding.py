@@ -109,62 +109,31 @@ def cached_ar_decode(
     Rows leave the batch at their first stop token, as in `ar_decode` (their cache rows are dropped). `nfe` counts
     refreshes and cached forwards alike; `row_nfe` is each row's number of tokens, as in `ar_decode`.
     """
-    from .decoding import (
-        DecodeOutput,
-        SamplingFilter,
-        build_canvas,
-        left_pad,
-        logprobs_and_entropy,
-        sample_tokens,
-        scaled_logits,
-    )
+    from .decoding import ARRollout, SamplingFilter
 
     lm = cached_model(model)
-    sampling = SamplingFilter.from_options(top_k, top_p, min_p) if temperature > 0 else None
-    device = next(model.parameters()).device
-    prompt_ids, prompt_mask = left_pad(prompts, pad_id, device=device)
-    canvas, attention_mask = build_canvas(prompt_ids, prompt_mask, gen_length, mask_id)
-    prompt_width, batch, seq_len = prompt_ids.size(1), len(prompts), canvas.size(1)
-    stop = torch.tensor(list(stop_ids), device=device)
-    tokens = torch.full((batch, gen_length), pad_id, dtype=torch.long, device=device)
-    logps = torch.zeros((batch, gen_length), dtype=torch.float32, device=device)
-    entropies = torch.zeros((batch, gen_length), dtype=torch.float32, device=device)
-    lengths = torch.full((batch,), gen_length, dtype=torch.long, device=device)
-    active = torch.arange(batch, device=device)
-    kv, refresh_step, nfe = None, 0, 0
+    state = ARRollout(
+        model, prompts, gen_length=gen_length, mask_id=mask_id, stop_ids=stop_ids, pad_id=pad_id,
+        temperature=temperature, sampling=SamplingFilter.from_options(top_k, top_p, min_p), generator=generator,
+    )  # fmt: skip
+    prompt_width, seq_len, device = state.prompt_width, state.canvas.size(1), state.device
+    kv, refresh_step = None, 0
     for step in range(gen_length):
+        active = state.active
         if active.numel() == 0:
             break
         read = prompt_width + step - logit_shift
         if step % cache.refresh_every == 0 or kv is None:
             keep = torch.full((active.numel(), 1), read, device=device)
-            logits, kv = lm.forward_cached(canvas[active], attention_mask[active], 0, None, keep)
+            logits, kv = lm.forward_cached(state.canvas[active], state.attention_mask[active], 0, None, keep)
             refresh_step = step
         else:
             start, end = cache.span(prompt_width, refresh_step, step, seq_len, logit_shift)
             keep = torch.full((active.numel(), 1), read - start, device=device)
-            logits, kv = lm.forward_cached(canvas[active, start:end], attention_mask[active], start, kv, keep)
-        nfe += 1
-        logits = scaled_logits(logits[:, 0], mask_id, temperature if temperature > 0 else 1.0)
-        if sampling is not None:
-            logits = sampling(logits)
-        token = sample_tokens(logits, temperature, generator)
-        step_logps, step_entropy = logprobs_and_entropy(logits)
-        tokens[active, step] = token
-        logps[active, step] = step_logps.gather(-1, token[:, None])[:, 0]
-        entropies[active, step] = step_entropy
-        canvas[active, prompt_width + step] = token
-        finished = torch.isin(token, stop)
-        lengths[active[finished]] = step + 1
+            logits, kv = lm.forward_cached(
+                state.canvas[active, start:end], state.attention_mask[active], start, kv, keep
+            )
+        finished = state.commit(step, logits[:, 0])
         if bool(finished.any()):
             kv = kv.select(torch.nonzero(~finished)[:, 0])
-        active = active[~finished]
-    lengths = lengths.tolist()
-    return DecodeOutput(
-        completion_ids=[row[:n] for row, n in zip(tokens.tolist(), lengths)],
-        logprobs=[row[:n] for row, n in zip(logps.tolist(), lengths)],
-        entropies=[row[:n] for row, n in zip(entropies.tolist(), lengths)],
-        nfe=nfe,
-        row_nfe=lengths,
-        unmask_steps=[list(range(n)) for n in lengths],
-    )
+    return state.output()

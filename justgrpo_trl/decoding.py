@@ -228,50 +228,91 @@ def ar_decode(
             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, logit_shift=logit_shift,
             generator=generator,
         )  # fmt: skip
-    sampling = SamplingFilter.from_options(top_k, top_p, min_p) if temperature > 0 else None
-    device = next(model.parameters()).device
-    prompt_ids, prompt_mask = left_pad(prompts, pad_id, device=device)
-    canvas, attention_mask = build_canvas(prompt_ids, prompt_mask, gen_length, mask_id)
-    prompt_width, batch = prompt_ids.size(1), len(prompts)
-    stop = torch.tensor(list(stop_ids), device=device)
-    tokens = torch.full((batch, gen_length), pad_id, dtype=torch.long, device=device)
-    logps = torch.zeros((batch, gen_length), dtype=torch.float32, device=device)
-    entropies = torch.zeros((batch, gen_length), dtype=torch.float32, device=device)
-    lengths = torch.full((batch,), gen_length, dtype=torch.long, device=device)
-    active = torch.arange(batch, device=device)
-    nfe = 0
+    state = ARRollout(
+        model, prompts, gen_length=gen_length, mask_id=mask_id, stop_ids=stop_ids, pad_id=pad_id,
+        temperature=temperature, sampling=SamplingFilter.from_options(top_k, top_p, min_p), generator=generator,
+        stop_early=stop_early,
+    )  # fmt: skip
     for step in range(gen_length):
-        position = torch.full((max(active.numel(), 1), 1), prompt_width + step - logit_shift, device=device)
+        active = state.active
+        position = torch.full(
+            (max(active.numel(), 1), 1), state.prompt_width + step - logit_shift, device=state.device
+        )
         done_here = active.numel() == 0
         if done_here if all_done is None else all_done(done_here):
             break
         if done_here:  # another process still decodes, and its collective parameter gathers need this one's forward
-            forward_logits(model, canvas[:1], attention_mask[:1], position)
+            forward_logits(model, state.canvas[:1], state.attention_mask[:1], position)
             continue
-        logits = forward_logits(model, canvas[active], attention_mask[active], position)[:, 0]
-        nfe += 1
-        logits = scaled_logits(logits, mask_id, temperature if temperature > 0 else 1.0)
-        if sampling is not None:
-            logits = sampling(logits)
-        token = sample_tokens(logits, temperature, generator)
+        state.commit(step, forward_logits(model, state.canvas[active], state.attention_mask[active], position)[:, 0])
+    return state.output()
+
+
+class ARRollout:
+    """The state of an AR-order rollout, shared by the exact sampler (`ar_decode`) and the cached one
+    (`cached_decoding.cached_ar_decode`): the canvas `[prompt | MASK x L]` (left-padded prompts), the rows still
+    decoding, and what is recorded per token. A decoder computes the logits of the current slot of every active row
+    and hands them to `commit`."""
+
+    def __init__(
+        self,
+        model,
+        prompts: Sequence[Sequence[int]],
+        *,
+        gen_length: int,
+        mask_id: int,
+        stop_ids: Sequence[int],
+        pad_id: int,
+        temperature: float,
+        sampling: SamplingFilter | None,
+        generator: torch.Generator | None,
+        stop_early: bool = True,
+    ):
+        self.device = device = next(model.parameters()).device
+        prompt_ids, prompt_mask = left_pad(prompts, pad_id, device=device)
+        self.canvas, self.attention_mask = build_canvas(prompt_ids, prompt_mask, gen_length, mask_id)
+        self.prompt_width, batch = prompt_ids.size(1), len(prompts)
+        self.mask_id, self.temperature, self.generator, self.stop_early = mask_id, temperature, generator, stop_early
+        self.sampling = sampling if temperature > 0 else None
+        self.stop = torch.tensor(list(stop_ids), device=device)
+        self.tokens = torch.full((batch, gen_length), pad_id, dtype=torch.long, device=device)
+        self.logps = torch.zeros((batch, gen_length), dtype=torch.float32, device=device)
+        self.entropies = torch.zeros((batch, gen_length), dtype=torch.float32, device=device)
+        self.lengths = torch.full((batch,), gen_length, dtype=torch.long, device=device)
+        self.active = torch.arange(batch, device=device)
+        self.nfe = 0
+
+    def commit(self, step: int, logits: torch.Tensor) -> torch.Tensor:
+        """Draw token `step` of every active row from its slot's logits `[A, V]` (temperature-scaled, the mask token
+        excluded, truncated by `sampling`), record its log-prob and entropy, write it into the canvas, and (with
+        `stop_early`) drop the rows that drew a stop token. Returns which active rows finished."""
+        active = self.active
+        self.nfe += 1
+        logits = scaled_logits(logits, self.mask_id, self.temperature if self.temperature > 0 else 1.0)
+        if self.sampling is not None:
+            logits = self.sampling(logits)
+        token = sample_tokens(logits, self.temperature, self.generator)
         step_logps, step_entropy = logprobs_and_entropy(logits)
-        tokens[active, step] = token
-        logps[active, step] = step_logps.gather(-1, token[:, None])[:, 0]
-        entropies[active, step] = step_entropy
-        canvas[active, prompt_width + step] = token
-        if stop_early:
-            finished = torch.isin(token, stop)
-            lengths[active[finished]] = step + 1
-            active = active[~finished]
-    lengths = lengths.tolist()
-    return DecodeOutput(
-        completion_ids=[row[:n] for row, n in zip(tokens.tolist(), lengths)],
-        logprobs=[row[:n] for row, n in zip(logps.tolist(), lengths)],
-        entropies=[row[:n] for row, n in zip(entropies.tolist(), lengths)],
-        nfe=nfe,
-        row_nfe=lengths,
-        unmask_steps=[list(range(n)) for n in lengths],
-    )
+        self.tokens[active, step] = token
+        self.logps[active, step] = step_logps.gather(-1, token[:, None])[:, 0]
+        self.entropies[active, step] = step_entropy
+        self.canvas[active, self.prompt_width + step] = token
+        finished = torch.isin(token, self.stop) if self.stop_early else torch.zeros_like(token, dtype=torch.bool)
+        if self.stop_early:
+            self.lengths[active[finished]] = step + 1
+            self.active = active[~finished]
+        return finished
+
+    def output(self) -> DecodeOutput:
+        lengths = self.lengths.tolist()
+        return DecodeOutput(
+            completion_ids=[row[:n] for row, n in zip(self.tokens.tolist(), lengths)],
+            logprobs=[row[:n] for row, n in zip(self.logps.tolist(), lengths)],
+            entropies=[row[:n] for row, n in zip(self.entropies.tolist(), lengths)],
+            nfe=self.nfe,
+            row_nfe=lengths,
+            unmask_steps=[list(range(n)) for n in lengths],
+        )
 
 
 def cut_at_stop(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
