@@ -32,7 +32,7 @@ from justgrpo_trl.decoding import ar_decode  # noqa: E402
 from justgrpo_trl.demo import (  # noqa: E402
     DemoConfig,
     build_model_and_tokenizer,
-    greedy_accuracy,
+    held_out_scores,
     make_splits,
     noisy_teacher,
     position_match_reward,
@@ -55,12 +55,6 @@ def splits(config: DemoConfig):
 def load(output_dir: str):
     path = Path(output_dir) / "sft"
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
-
-
-def held_out_scores(model, tokenizer, held_out, gen_length: int) -> dict:
-    exact, samples = greedy_accuracy(model, tokenizer, held_out, gen_length)
-    dense = position_match_reward(None, [s["completion"] for s in samples], [s["answer"] for s in samples])
-    return {"exact_match": exact, "position_match": sum(dense) / len(dense)}
 
 
 def cmd_sft(args) -> None:

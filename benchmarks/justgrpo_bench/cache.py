@@ -11,10 +11,11 @@
 * **Memory**: the bytes the cache holds (every layer's keys and values of the whole canvas, `LLaDAKVCache.nbytes`),
   next to the weights'.
 * **Fidelity** (`--fidelity_checkpoint`, a trained model): rollouts of its held-out prompts at temperature 1 with
-  each setting; every sampled token is then scored exactly (the canvas `[prompt | c_<j | MASK]`, one forward per
-  slot). Reported: the mean per-token KL(q || p) of the cached sampler q from the exact policy p, estimated without
-  bias from the sampled tokens (`r - 1 - log r`, r = p / q, averaged over tokens: never negative), and the spread of
-  the importance ratio r (mean, std, 1st/99th percentile, fraction outside TRL's default caps [0, 3]).
+  each setting, keeping the cached sampler's distribution q at every slot; every slot is then scored exactly on the
+  same prefix (the canvas `[prompt | c_<j | MASK]`, one forward per slot), which gives the policy's distribution p.
+  Reported: the per-token KL(q || p) = sum_v q(v) log(q(v) / p(v)) over the vocabulary, averaged over the sampled
+  tokens (with its 99th percentile and maximum), and the spread of the importance ratio r = p / q of the sampled
+  tokens (mean, std, 1st/99th percentile, fraction above TRL's default cap 3).
 """
 
 from __future__ import annotations
@@ -89,29 +90,57 @@ def time_rollout(model, prompts: torch.Tensor, tokens, args, cache: RolloutCache
     return total_time, total_tokens
 
 
+class _SlotLogits:
+    """The model, keeping the slot logits `[A, V]` of every forward, exact or cached (in call order: one per step)."""
+
+    def __init__(self, model):
+        self.model, self.steps = model, []
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def __call__(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        self.steps.append(out.logits[:, 0].float())
+        return out
+
+    def forward_cached(self, *args, **kwargs):
+        logits, kv = self.model.forward_cached(*args, **kwargs)
+        self.steps.append(logits[:, 0].float())
+        return logits, kv
+
+
+def _log_distribution(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """The sampler's log-distribution at temperature 1 (`ar_decode`'s: fp32, the mask token excluded)."""
+    return logprobs_and_entropy(scaled_logits(logits, mask_id, 1.0))[0]
+
+
 @torch.no_grad()
-def exact_token_logps(model, prompts: list[list[int]], completions: list[list[int]], gen_length: int, tokens):
-    """The exact AR-order log-prob of every sampled token: slot j read on `[prompt | c_<j | MASK x (L - j)]`."""
+def exact_slot_logps(model, prompts: list[list[int]], completions: list[list[int]], gen_length: int, tokens):
+    """The exact AR-order log-distribution of every slot of the given completions, one forward per slot on
+    `[prompt | c_<j | MASK x (L - j)]` (teacher forcing): a list over steps of `[rows still decoding, V]`."""
     ids, mask = left_pad(prompts, tokens.pad_id)
     canvas, attention_mask = build_canvas(ids, mask, gen_length, tokens.mask_id)
     width = ids.size(1)
-    out = [[] for _ in completions]
+    out = []
     for step in range(max(map(len, completions))):
         rows = [i for i, c in enumerate(completions) if len(c) > step]
         position = torch.full((len(rows), 1), width + step)
         logits = model(input_ids=canvas[rows], attention_mask=attention_mask[rows], logits_to_keep=position).logits
-        logps, _ = logprobs_and_entropy(scaled_logits(logits[:, 0], tokens.mask_id, 1.0))
-        for k, row in enumerate(rows):
-            out[row].append(float(logps[k, completions[row][step]]))
+        out.append(_log_distribution(logits[:, 0], tokens.mask_id))
+        for row in rows:
             canvas[row, width + step] = completions[row][step]
     return out
 
 
 def fidelity(model, tokenizer, tokens, prompts: list[str], gen_length: int, cache: RolloutCache, seed: int) -> dict:
-    """Mean per-token KL(q || p) and the spread of r = p / q over the tokens of cached rollouts (module docstring)."""
+    """Per-token KL(q || p) of the cached sampler q from the exact policy p and the spread of r = p / q over the tokens
+    of cached rollouts (module docstring). Rows leave the batch at their stop token, in order, so the rows of step j's
+    forward are the completions longer than j."""
     prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
+    recorder = _SlotLogits(model)
     output = ar_decode(
-        model,
+        recorder,
         prompt_ids,
         gen_length=gen_length,
         temperature=1.0,
@@ -119,14 +148,25 @@ def fidelity(model, tokenizer, tokens, prompts: list[str], gen_length: int, cach
         cache=cache,
         **tokens.decode_kwargs(),
     )
-    exact = exact_token_logps(model, prompt_ids, output.completion_ids, gen_length, tokens)
-    pairs = [(p, q) for e, s in zip(exact, output.logprobs) for p, q in zip(e, s)]
-    log_ratio = torch.tensor([p - q for p, q in pairs], dtype=torch.float64)
+    completions = output.completion_ids
+    exact = exact_slot_logps(model, prompt_ids, completions, gen_length, tokens)
+    kls, log_ratios = [], []
+    for step, (p, slot_logits) in enumerate(zip(exact, recorder.steps)):
+        q = _log_distribution(slot_logits, tokens.mask_id)
+        kls.append((q.exp() * (q - p).masked_fill(q == float("-inf"), 0.0)).sum(-1).double())
+        drawn = torch.tensor([c[step] for c in completions if len(c) > step])[:, None]
+        recorded = torch.tensor([row[step] for row in output.logprobs if len(row) > step])
+        if not torch.allclose(q.gather(-1, drawn)[:, 0], recorded, atol=1e-5):
+            raise RuntimeError(f"Step {step}: the recorded slot logits are not the ones the sampler drew from.")
+        log_ratios.append((p.gather(-1, drawn) - q.gather(-1, drawn))[:, 0].double())
+    kl, log_ratio = torch.cat(kls), torch.cat(log_ratios)
     ratio = log_ratio.exp()
     return {
         "tokens": int(ratio.numel()),
         "mean_tokens_per_completion": ratio.numel() / len(prompts),
-        "kl": float((ratio - 1 - log_ratio).mean()),
+        "kl": float(kl.mean()),
+        "kl_p99": float(kl.quantile(0.99)),
+        "kl_max": float(kl.max()),
         "ratio_mean": float(ratio.mean()),
         "ratio_std": float(ratio.std()),
         "ratio_p01": float(ratio.quantile(0.01)),
@@ -216,7 +256,8 @@ def run(argv: list[str] | None = None) -> dict:
                 result = fidelity(model, tokenizer, tokens, prompts, gen_length, cache, args.seed)
                 report["fidelity"][name] = result
                 print(
-                    f"[fidelity] {name:26s} KL {result['kl']:.5f}  ratio mean {result['ratio_mean']:.3f} std "
+                    f"[fidelity] {name:26s} KL {result['kl']:.5f} (p99 {result['kl_p99']:.4f})  "
+                    f"ratio mean {result['ratio_mean']:.3f} std "
                     f"{result['ratio_std']:.3f} p01 {result['ratio_p01']:.3f} p99 {result['ratio_p99']:.3f} "
                     f">3: {result['outside_caps']:.4f}  ({result['mean_tokens_per_completion']:.1f} tokens/row)"
                 )

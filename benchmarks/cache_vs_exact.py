@@ -1,0 +1,164 @@
+"""RL with cached rollouts against exact rollouts on the demo's long sort task (answers of 65 to 79 tokens).
+
+    python benchmarks/cache_vs_exact.py sft --output_dir outputs/cve      # SFT checkpoint (seed 0) + held_out.json
+    python benchmarks/bench_rollout_cache.py --skip_speed --fidelity_checkpoint outputs/cve/sft --json fid.json
+    python benchmarks/cache_vs_exact.py rl --output_dir outputs/cve --seed 1                       # exact rollouts
+    python benchmarks/cache_vs_exact.py rl --output_dir outputs/cve --seed 1 --cache dual --refresh 4
+    python benchmarks/cache_vs_exact.py report --output_dir outputs/cve
+
+The task is the demo's sort task (`justgrpo_trl.demo`) with 33 to 40 digits, so every answer runs to `2n - 1 >= 65`
+tokens plus end-of-text on a canvas of L = 80: the "trained multi-token model" on which the rollout cache's fidelity
+is measured. `rl` trains from the shared SFT checkpoint with one seed, with exact rollouts or with a cache (and its
+importance correction, on by default), and records the reward curve, the held-out greedy scores (exact match and
+the dense position-match score, 200 prompts) before and after, the wall time, and the importance-ratio metrics the
+trainer logs. `report` prints the comparison over seeds. CPU only; set OMP_NUM_THREADS=1 on a shared machine.
+"""
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from justgrpo_trl.demo import (  # noqa: E402
+    DemoConfig,
+    build_model_and_tokenizer,
+    held_out_scores,
+    make_splits,
+    noisy_teacher,
+    run_rl,
+    run_sft,
+)
+
+# The sort task with answers of 65 to 79 tokens (33 to 40 digits); the rest is the demo's sort preset, with a longer
+# SFT and a wider model so that the answers are mostly sorted.
+LONG_SORT = dict(min_digits=33, num_digits=40, max_completion_length=80, d_model=128, mlp_hidden_size=512,
+                 sft_steps=1000, sft_batch_size=32, sft_learning_rate=2e-3, rl_steps=20, rl_prompts_per_step=4,
+                 num_generations=8, rl_learning_rate=5e-5, num_eval=200, logprob_chunk_size=80,
+                 top_entropy_quantile=0.25)  # fmt: skip
+RATIO_METRICS = ("sampling/importance_sampling_ratio/mean", "sampling/importance_sampling_ratio/min",
+                 "sampling/importance_sampling_ratio/max", "sampling/importance_sampling_ratio/clipped_fraction",
+                 "sampling/sampling_logp_difference/mean")  # fmt: skip
+
+
+def long_sort_config(output_dir: str, **overrides) -> DemoConfig:
+    return DemoConfig.for_task("sort", output_dir=output_dir, **{**LONG_SORT, **overrides})
+
+
+def splits(config: DemoConfig):
+    """Train and held-out problems of task seed 0 (the same for every RL seed)."""
+    num_train = config.sft_steps * config.sft_batch_size
+    return make_splits(0, config.num_digits, num_train, config.num_eval, "sort", config.min_digits, config.max_digit)
+
+
+def cmd_sft(args) -> None:
+    config = long_sort_config(args.output_dir, seed=0)
+    set_seed(0)
+    train, held_out = splits(config)
+    model, tokenizer = build_model_and_tokenizer(config)
+    t0 = time.perf_counter()
+    sft = run_sft(model, tokenizer, noisy_teacher(train, config.teacher_noise, 0, "sort"), config)
+    seconds = time.perf_counter() - t0
+    path = Path(args.output_dir) / "sft"
+    sft.model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    meta = {"held_out": held_out, "max_completion_length": config.max_completion_length}
+    (path / "held_out.json").write_text(json.dumps(meta))  # read by bench_rollout_cache.py --fidelity_checkpoint
+    scores = held_out_scores(sft.model, tokenizer, held_out, config.max_completion_length)
+    (Path(args.output_dir) / "sft.json").write_text(json.dumps({**scores, "sft_seconds": seconds}, indent=2))
+    print(scores, f"{seconds:.0f}s")
+
+
+def run_name(cache: str, refresh: int) -> str:
+    return "exact" if not cache else f"{cache}-r{refresh}"
+
+
+def cmd_rl(args) -> None:
+    config = long_sort_config(
+        args.output_dir, seed=args.seed, rl_steps=args.rl_steps, rollout_cache=args.cache,
+        rollout_cache_refresh=args.refresh,
+    )  # fmt: skip
+    train, held_out = splits(config)
+    path = Path(args.output_dir) / "sft"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    before_file = Path(args.output_dir) / "sft.json"
+    before = json.loads(before_file.read_text()) if before_file.exists() else None
+    set_seed(args.seed)
+    t0 = time.perf_counter()
+    rl = run_rl(model, tokenizer, train, config)
+    seconds = time.perf_counter() - t0
+    after = held_out_scores(rl.model, tokenizer, held_out, config.max_completion_length)
+    logs = [log for log in rl.state.log_history if "reward" in log]
+    result = {
+        "setting": run_name(args.cache, args.refresh),
+        "seed": args.seed,
+        "rl_steps": config.rl_steps,
+        "before": before,
+        "after": after,
+        "reward_per_step": [log["reward"] for log in logs],
+        "ratio_metrics_per_step": {key: [log.get(key) for log in logs] for key in RATIO_METRICS},
+        "rl_seconds": seconds,
+    }
+    name = f"rl-{result['setting']}-seed{args.seed}.json"
+    (Path(args.output_dir) / name).write_text(json.dumps(result, indent=2))
+    print(result["before"], result["after"], f"{seconds:.0f}s")
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, (sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
+
+
+def cmd_report(args) -> None:
+    out = Path(args.output_dir)
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("rl-*.json"))]
+    sft = json.loads((out / "sft.json").read_text()) if (out / "sft.json").exists() else None
+    if sft:
+        print(f"after SFT: held-out position match {sft['position_match']:.3f}, exact {sft['exact_match']:.3f}")
+    for setting in dict.fromkeys(r["setting"] for r in runs):
+        mine = [r for r in runs if r["setting"] == setting]
+        steps = min(len(r["reward_per_step"]) for r in mine)
+        curve = [sum(r["reward_per_step"][i] for r in mine) / len(mine) for i in range(steps)]
+        blocks = [round(sum(curve[i : i + 5]) / len(curve[i : i + 5]), 3) for i in range(0, steps, 5)]
+        match, match_sd = _mean_sd([r["after"]["position_match"] for r in mine])
+        exact, exact_sd = _mean_sd([r["after"]["exact_match"] for r in mine])
+        seconds, _ = _mean_sd([r["rl_seconds"] for r in mine])
+        print(f"{setting}: seeds {sorted(r['seed'] for r in mine)}; mean reward per 5-step block {blocks}")
+        print(
+            f"  held-out after RL: position match {match:.3f} +- {match_sd:.3f}, exact {exact:.3f} +- {exact_sd:.3f}"
+        )
+        print(f"  mean RL wall time {seconds:.0f}s")
+        ratios = mine[0]["ratio_metrics_per_step"]
+        if any(v is not None for v in ratios[RATIO_METRICS[0]]):
+            for key in RATIO_METRICS:
+                values = [v for r in mine for v in r["ratio_metrics_per_step"][key] if v is not None]
+                print(f"  {key}: mean over steps and seeds {sum(values) / len(values):.4f}")
+        for r in mine:
+            print(f"    seed {r['seed']}: position match {r['after']['position_match']:.3f}, "
+                  f"exact {r['after']['exact_match']:.3f}, {r['rl_seconds']:.0f}s")  # fmt: skip
+
+
+def main() -> None:
+    hf_logging.set_verbosity_warning()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("sft", "rl", "report"))
+    parser.add_argument("--output_dir", default="outputs/cache_vs_exact")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rl_steps", type=int, default=LONG_SORT["rl_steps"])
+    parser.add_argument("--cache", default="", choices=("", "dual", "prefix"), help="'' = exact rollouts.")
+    parser.add_argument("--refresh", type=int, default=4)
+    args = parser.parse_args()
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    {"sft": cmd_sft, "rl": cmd_rl, "report": cmd_report}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
