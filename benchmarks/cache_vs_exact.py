@@ -33,6 +33,7 @@ from justgrpo_trl.demo import (  # noqa: E402
     held_out_scores,
     make_splits,
     noisy_teacher,
+    position_match_reward,
     run_rl,
     run_sft,
 )
@@ -41,7 +42,7 @@ from justgrpo_trl.demo import (  # noqa: E402
 # SFT and a wider model so that the answers are mostly sorted.
 LONG_SORT = dict(min_digits=33, num_digits=40, max_completion_length=80, d_model=128, mlp_hidden_size=512,
                  sft_steps=1000, sft_batch_size=32, sft_learning_rate=2e-3, rl_steps=20, rl_prompts_per_step=4,
-                 num_generations=8, rl_learning_rate=5e-5, num_eval=200, logprob_chunk_size=80,
+                 num_generations=8, rl_learning_rate=1e-4, num_eval=200, logprob_chunk_size=80,
                  top_entropy_quantile=0.25)  # fmt: skip
 RATIO_METRICS = ("sampling/importance_sampling_ratio/mean", "sampling/importance_sampling_ratio/min",
                  "sampling/importance_sampling_ratio/max", "sampling/importance_sampling_ratio/clipped_fraction",
@@ -58,6 +59,33 @@ def splits(config: DemoConfig):
     return make_splits(0, config.num_digits, num_train, config.num_eval, "sort", config.min_digits, config.max_digit)
 
 
+@torch.no_grad()
+def sampled_score(model, tokenizer, held_out: list[tuple[str, str]], gen_length: int, seed: int = 0) -> float:
+    """Mean position-match score of one exact AR rollout per held-out prompt at temperature 1 (the policy RL
+    trains), with a fixed sampling seed."""
+    from justgrpo_trl.decoding import ar_decode
+    from justgrpo_trl.models import get_spec, resolve_special_tokens
+
+    tokens = resolve_special_tokens(get_spec(model), tokenizer, model.config)
+    model.eval()
+    prompt_ids = [tokenizer(text=prompt)["input_ids"] for prompt, _ in held_out]
+    output = ar_decode(
+        model, prompt_ids, gen_length=gen_length, temperature=1.0, generator=torch.Generator().manual_seed(seed),
+        **tokens.decode_kwargs(),
+    )  # fmt: skip
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in output.completion_ids]
+    scores = position_match_reward(None, texts, [answer for _, answer in held_out])
+    return sum(scores) / len(scores)
+
+
+def scores(model, tokenizer, held_out, gen_length: int) -> dict[str, float]:
+    """Held-out greedy scores (exact match, position match) and the sampled position-match score."""
+    return {
+        **held_out_scores(model, tokenizer, held_out, gen_length),
+        "sampled_position_match": sampled_score(model, tokenizer, held_out, gen_length),
+    }
+
+
 def cmd_sft(args) -> None:
     config = long_sort_config(args.output_dir, seed=0)
     set_seed(0)
@@ -71,9 +99,9 @@ def cmd_sft(args) -> None:
     tokenizer.save_pretrained(path)
     meta = {"held_out": held_out, "max_completion_length": config.max_completion_length}
     (path / "held_out.json").write_text(json.dumps(meta))  # read by bench_rollout_cache.py --fidelity_checkpoint
-    scores = held_out_scores(sft.model, tokenizer, held_out, config.max_completion_length)
-    (Path(args.output_dir) / "sft.json").write_text(json.dumps({**scores, "sft_seconds": seconds}, indent=2))
-    print(scores, f"{seconds:.0f}s")
+    result = {**scores(sft.model, tokenizer, held_out, config.max_completion_length), "sft_seconds": seconds}
+    (Path(args.output_dir) / "sft.json").write_text(json.dumps(result, indent=2))
+    print(result)
 
 
 def run_name(cache: str, refresh: int) -> str:
@@ -95,7 +123,7 @@ def cmd_rl(args) -> None:
     t0 = time.perf_counter()
     rl = run_rl(model, tokenizer, train, config)
     seconds = time.perf_counter() - t0
-    after = held_out_scores(rl.model, tokenizer, held_out, config.max_completion_length)
+    after = scores(rl.model, tokenizer, held_out, config.max_completion_length)
     logs = [log for log in rl.state.log_history if "reward" in log]
     result = {
         "setting": run_name(args.cache, args.refresh),

@@ -128,3 +128,24 @@ def test_quick_sort_demo_runs_with_the_paper_objective(tmp_path, single_thread):
     metrics = run_demo(config)
     assert metrics["config"]["task"] == "sort" and len(metrics["rl"]["reward_per_step"]) == 1
     assert 0.0 <= metrics["accuracy"]["after_rl"] <= 1.0
+    assert set(metrics["position_match"]) == {"before_rl", "after_rl"}  # the sort task's dense held-out score
+
+
+def test_demo_trains_with_a_rollout_cache_and_jgrpo_fast(tmp_path, single_thread):
+    """The demo's cache options reach the trainer: the RL rollouts are cached (r = 2) and corrected, which logs the
+    importance-ratio metrics, under JustGRPO-Fast."""
+    from justgrpo_trl.demo import build_model_and_tokenizer, run_rl
+
+    flags = ["--rollout_cache", "dual", "--rollout_cache_refresh", "2", "--top_entropy_quantile", "0.25"]
+    config = parse_args(["--quick", "--task", "sort", "--output_dir", str(tmp_path), "--rl_steps", "1", *flags])
+    assert (config.rollout_cache, config.rollout_cache_refresh, config.top_entropy_quantile) == ("dual", 2, 0.25)
+    model, tokenizer = build_model_and_tokenizer(config)
+    train, _ = make_splits(0, config.num_digits, 16, 4, "sort", config.min_digits)
+    trainer = run_rl(model, tokenizer, train, config)
+    assert trainer.args.rollout_cache == "dual" and trainer.args.rollout_cache_refresh == 2
+    assert trainer.args.justgrpo_fast and trainer.args.top_entropy_quantile == 0.25
+    logged = trainer.state.log_history[0]
+    assert (
+        0.0 < logged["sampling/importance_sampling_ratio/mean"] and "sampling/sampling_logp_difference/mean" in logged
+    )
+    assert DemoConfig().rollout_cache == "" and not DemoConfig().top_entropy_quantile < 1  # off by default
