@@ -135,8 +135,11 @@ def cmd_rl(args) -> None:
         "ratio_metrics_per_step": {key: [log.get(key) for log in logs] for key in RATIO_METRICS},
         "rl_seconds": seconds,
     }
-    name = f"rl-{result['setting']}-seed{args.seed}.json"
-    (Path(args.output_dir) / name).write_text(json.dumps(result, indent=2))
+    name = f"rl-{result['setting']}-seed{args.seed}"
+    (Path(args.output_dir) / f"{name}.json").write_text(json.dumps(result, indent=2))
+    rl.model.save_pretrained(Path(args.output_dir) / name)  # for the fidelity after RL (bench_rollout_cache.py)
+    tokenizer.save_pretrained(Path(args.output_dir) / name)
+    (Path(args.output_dir) / name / "held_out.json").write_text((path / "held_out.json").read_text())
     print(result["before"], result["after"], f"{seconds:.0f}s")
 
 
