@@ -149,9 +149,9 @@ def test_rollout_cache_fidelity_is_zero_for_the_exact_rollout_and_positive_for_a
     step a refresh (r = 1) they are the same distributions (KL 0, every ratio 1); with r = 4 on an untrained model
     the cache is stale and both show it. A row misaligned between the sampler's forwards and the exact ones (rows
     leave the batch at their stop token) would break the first assertion."""
+    from justgrpo_bench import cache
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from justgrpo_bench import cache
     from justgrpo_trl.cached_decoding import RolloutCache
     from justgrpo_trl.models import get_spec, resolve_special_tokens
 
@@ -161,6 +161,6 @@ def test_rollout_cache_fidelity_is_zero_for_the_exact_rollout_and_positive_for_a
     prompts = ["12=", "9381=", "5=", "77="]
     exact = cache.fidelity(model, tokenizer, tokens, prompts, 12, RolloutCache("dual", 1), seed=3)
     stale = cache.fidelity(model, tokenizer, tokens, prompts, 12, RolloutCache("dual", 4), seed=3)
-    assert exact["tokens"] > len(prompts) and exact["kl"] < 1e-10 and exact["kl_max"] < 1e-9
+    assert exact["tokens"] > len(prompts) and exact["kl"] < 1e-10 and exact["kl_max"] < 1e-9 and exact["kl_se"] < 1e-9
     assert abs(exact["ratio_p01"] - 1) < 1e-5 and abs(exact["ratio_p99"] - 1) < 1e-5
     assert stale["kl"] > 1e-6 and stale["ratio_std"] > 1e-4
