@@ -148,33 +148,75 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return mean, (sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
 
 
+def _by_setting(runs: list[dict]) -> dict[str, list[dict]]:
+    """Runs grouped by setting, exact first."""
+    names = sorted(dict.fromkeys(r["setting"] for r in runs), key=lambda name: (name != "exact", name))
+    return {name: sorted((r for r in runs if r["setting"] == name), key=lambda r: r["seed"]) for name in names}
+
+
 def cmd_report(args) -> None:
+    """The comparison over seeds (printed) and `cache_vs_exact.png` (reward curves and held-out scores)."""
     out = Path(args.output_dir)
-    runs = [json.loads(p.read_text()) for p in sorted(out.glob("rl-*.json"))]
+    groups = _by_setting([json.loads(p.read_text()) for p in sorted(out.glob("rl-*.json"))])
     sft = json.loads((out / "sft.json").read_text()) if (out / "sft.json").exists() else None
     if sft:
-        print(f"after SFT: held-out position match {sft['position_match']:.3f}, exact {sft['exact_match']:.3f}")
-    for setting in dict.fromkeys(r["setting"] for r in runs):
-        mine = [r for r in runs if r["setting"] == setting]
+        print(f"after SFT: held-out greedy position match {sft['position_match']:.3f}, "
+              f"exact {sft['exact_match']:.3f}, "
+              f"sampled position match {sft.get('sampled_position_match', float('nan')):.3f}")  # fmt: skip
+    for setting, mine in groups.items():
         steps = min(len(r["reward_per_step"]) for r in mine)
         curve = [sum(r["reward_per_step"][i] for r in mine) / len(mine) for i in range(steps)]
         blocks = [round(sum(curve[i : i + 5]) / len(curve[i : i + 5]), 3) for i in range(0, steps, 5)]
-        match, match_sd = _mean_sd([r["after"]["position_match"] for r in mine])
-        exact, exact_sd = _mean_sd([r["after"]["exact_match"] for r in mine])
-        seconds, _ = _mean_sd([r["rl_seconds"] for r in mine])
-        print(f"{setting}: seeds {sorted(r['seed'] for r in mine)}; mean reward per 5-step block {blocks}")
-        print(
-            f"  held-out after RL: position match {match:.3f} +- {match_sd:.3f}, exact {exact:.3f} +- {exact_sd:.3f}"
-        )
-        print(f"  mean RL wall time {seconds:.0f}s")
-        ratios = mine[0]["ratio_metrics_per_step"]
-        if any(v is not None for v in ratios[RATIO_METRICS[0]]):
+        print(f"{setting}: seeds {[r['seed'] for r in mine]}; mean reward per 5-step block {blocks}")
+        for key in ("position_match", "sampled_position_match", "exact_match"):
+            mean, sd = _mean_sd([r["after"][key] for r in mine])
+            print(f"  held-out {key} after RL: {mean:.3f} +- {sd:.3f} (sd over seeds)")
+        print(f"  mean RL wall time {_mean_sd([r['rl_seconds'] for r in mine])[0]:.0f}s")
+        if any(v is not None for v in mine[0]["ratio_metrics_per_step"][RATIO_METRICS[0]]):
             for key in RATIO_METRICS:
                 values = [v for r in mine for v in r["ratio_metrics_per_step"][key] if v is not None]
-                print(f"  {key}: mean over steps and seeds {sum(values) / len(values):.4f}")
+                first = [r["ratio_metrics_per_step"][key][0] for r in mine]
+                last = [r["ratio_metrics_per_step"][key][-1] for r in mine]
+                print(f"  {key}: mean {sum(values) / len(values):.4f} (first step {sum(first) / len(first):.4f}, "
+                      f"last {sum(last) / len(last):.4f})")  # fmt: skip
         for r in mine:
-            print(f"    seed {r['seed']}: position match {r['after']['position_match']:.3f}, "
-                  f"exact {r['after']['exact_match']:.3f}, {r['rl_seconds']:.0f}s")  # fmt: skip
+            after = r["after"]
+            print(f"    seed {r['seed']}: greedy position match {after['position_match']:.3f}, sampled "
+                  f"{after['sampled_position_match']:.3f}, {r['rl_seconds']:.0f}s")  # fmt: skip
+    plot_report(groups, sft, out / "cache_vs_exact.png")
+
+
+def plot_report(groups: dict[str, list[dict]], sft: dict | None, path: Path) -> None:
+    """Left: the mean rollout reward per step of each setting, with its spread over seeds. Right: each seed's held-out
+    greedy position match after RL, per setting, with the SFT checkpoint's as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    for index, (setting, mine) in enumerate(groups.items()):
+        steps = min(len(r["reward_per_step"]) for r in mine)
+        per_step = torch.tensor([r["reward_per_step"][:steps] for r in mine])
+        mean, sd = per_step.mean(0), per_step.std(0) if len(mine) > 1 else torch.zeros(steps)
+        x = range(1, steps + 1)
+        left.plot(x, mean, label=f"{setting} ({len(mine)} seeds)", color=f"C{index}")
+        left.fill_between(x, mean - sd, mean + sd, color=f"C{index}", alpha=0.15)
+        scores = [r["after"]["position_match"] for r in mine]
+        right.scatter([index] * len(scores), scores, color=f"C{index}")
+        right.errorbar(index + 0.15, *_mean_sd(scores)[:1], yerr=_mean_sd(scores)[1], fmt="_", color=f"C{index}")
+    if sft:
+        right.axhline(sft["position_match"], color="gray", linestyle="--", label="after SFT")
+        right.legend(loc="lower right")
+    left.set(xlabel="RL step", ylabel="mean rollout reward (position match)", title="Reward (mean +- sd over seeds)")
+    left.legend(loc="lower right")
+    right.set_xticks(range(len(groups)), list(groups))
+    right.set(ylabel="held-out greedy position match", title="After RL, per seed")
+    fig.suptitle("JustGRPO-Fast on the long sort task: exact against cached rollouts")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 def main() -> None:
