@@ -150,17 +150,19 @@ def fidelity(model, tokenizer, tokens, prompts: list[str], gen_length: int, cach
     )
     completions = output.completion_ids
     exact = exact_slot_logps(model, prompt_ids, completions, gen_length, tokens)
-    kls, log_ratios, row_of = [], [], []
+    kls, entropies, log_ratios, row_of = [], [], [], []
     for step, (p, slot_logits) in enumerate(zip(exact, recorder.steps)):
         row_of.append(torch.tensor([i for i, c in enumerate(completions) if len(c) > step]))
         q = _log_distribution(slot_logits, tokens.mask_id)
         kls.append((q.exp() * (q - p).masked_fill(q == float("-inf"), 0.0)).sum(-1).double())
+        entropies.append(-(q.exp() * q.masked_fill(q == float("-inf"), 0.0)).sum(-1).double())
         drawn = torch.tensor([c[step] for c in completions if len(c) > step])[:, None]
         recorded = torch.tensor([row[step] for row in output.logprobs if len(row) > step])
         if not torch.allclose(q.gather(-1, drawn)[:, 0], recorded, atol=1e-5):
             raise RuntimeError(f"Step {step}: the recorded slot logits are not the ones the sampler drew from.")
         log_ratios.append((p.gather(-1, drawn) - q.gather(-1, drawn))[:, 0].double())
-    kl, log_ratio, rows = torch.cat(kls), torch.cat(log_ratios), torch.cat(row_of)
+    kl, log_ratio, rows, entropy = torch.cat(kls), torch.cat(log_ratios), torch.cat(row_of), torch.cat(entropies)
+    top_quarter = entropy >= entropy.quantile(0.75)  # the tokens JustGRPO-Fast (quantile 0.25) would score
     ratio = log_ratio.exp()
     # Standard error of the mean KL with prompts as the independent units (a prompt's tokens are correlated):
     # the cluster (ratio-estimator) formula over per-prompt KL sums s_i and token counts t_i.
@@ -175,6 +177,7 @@ def fidelity(model, tokenizer, tokens, prompts: list[str], gen_length: int, cach
         "kl_se": kl_se,
         "kl_p99": float(kl.quantile(0.99)),
         "kl_max": float(kl.max()),
+        "kl_top_entropy_quarter": float(kl[top_quarter].mean()),
         "kl_sampled": float((ratio - 1 - log_ratio).mean()),  # the unbiased one-sample estimate, as a cross-check
         "ratio_mean": float(ratio.mean()),
         "ratio_std": float(ratio.std()),
