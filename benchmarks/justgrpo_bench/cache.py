@@ -14,8 +14,10 @@
   each setting, keeping the cached sampler's distribution q at every slot; every slot is then scored exactly on the
   same prefix (the canvas `[prompt | c_<j | MASK]`, one forward per slot), which gives the policy's distribution p.
   Reported: the per-token KL(q || p) = sum_v q(v) log(q(v) / p(v)) over the vocabulary, averaged over the sampled
-  tokens (with its 99th percentile and maximum), and the spread of the importance ratio r = p / q of the sampled
-  tokens (mean, std, 1st/99th percentile, fraction above TRL's default cap 3).
+  tokens (with its standard error, prompts being the independent units, its 99th percentile and maximum, its mean
+  over the quarter of tokens with the highest sampler entropy, the ones JustGRPO-Fast scores, and the one-sample
+  estimate `r - 1 - log r` as a cross-check), and the spread of the importance ratio r = p / q of the sampled tokens
+  (mean, std, 1st/99th percentile, fraction above TRL's default cap 3).
 """
 
 from __future__ import annotations
