@@ -134,7 +134,7 @@ class JustGRPOConfig(GRPOConfig):
         metadata={
             "help": "estimator='ar_exact': an approximate key/value cache for the AR rollouts (cached_decoding.py). "
             "None (default): the exact rollout, one full-canvas forward per token. 'dual': prompt, decoded tokens "
-            "and masked suffix cached, only the newest slots computed between refreshes (3.6x faster rollouts at "
+            "and masked suffix cached, only the newest slots computed between refreshes (4x faster rollouts at "
             "r=4 on the 50m benchmark shape, per-token KL 0.002 on the trained long-sort demo model). 'prefix': the "
             "masked suffix is recomputed every step (closer to exact, about 2x). Recommended when rollouts "
             "dominate: 'dual', r=4, 'recompute'. The sampling log-probs are then approximate and each token's "

@@ -131,7 +131,7 @@ def test_quick_sort_demo_runs_with_the_paper_objective(tmp_path, single_thread):
     assert set(metrics["position_match"]) == {"before_rl", "after_rl"}  # the sort task's dense held-out score
 
 
-def test_demo_trains_with_a_rollout_cache_and_jgrpo_fast(tmp_path, single_thread):
+def test_demo_trains_with_a_rollout_cache_and_justgrpo_fast(tmp_path, single_thread):
     """The demo's cache options reach the trainer: the RL rollouts are cached (r = 2) and corrected, which logs the
     importance-ratio metrics, under JustGRPO-Fast."""
     from justgrpo_trl.demo import build_model_and_tokenizer, run_rl
