@@ -164,3 +164,34 @@ def test_rollout_cache_fidelity_is_zero_for_the_exact_rollout_and_positive_for_a
     assert exact["tokens"] > len(prompts) and exact["kl"] < 1e-10 and exact["kl_max"] < 1e-9 and exact["kl_se"] < 1e-9
     assert abs(exact["ratio_p01"] - 1) < 1e-5 and abs(exact["ratio_p99"] - 1) < 1e-5
     assert stale["kl"] > 1e-6 and stale["ratio_std"] > 1e-4
+
+
+def test_cache_vs_exact_report_groups_runs_by_setting(tmp_path, capsys):
+    """`cache_vs_exact.py report`: runs grouped by setting (exact first), held-out mean and sample sd over seeds, the
+    ratio metrics only for cached settings, and the plot written."""
+    import cache_vs_exact
+
+    def run(setting, seed, match, ratio):
+        after = {"position_match": match, "sampled_position_match": match + 0.05, "exact_match": 0.0}
+        metrics = {key: [ratio, ratio] for key in cache_vs_exact.RATIO_METRICS}
+        if setting == "exact":
+            metrics = {key: [None, None] for key in cache_vs_exact.RATIO_METRICS}
+        result = {"setting": setting, "seed": seed, "after": after, "reward_per_step": [0.5, 0.6], "rl_seconds": 10.0,
+                  "ratio_metrics_per_step": metrics}  # fmt: skip
+        (tmp_path / f"rl-{setting}-seed{seed}.json").write_text(json.dumps(result))
+
+    run("dual-r4", 1, 0.5, 1.0)
+    run("dual-r4", 2, 0.7, 1.0)
+    run("exact", 1, 0.4, None)
+    run("exact", 2, 0.6, None)
+    (tmp_path / "sft.json").write_text(json.dumps({"position_match": 0.3, "exact_match": 0.0}))
+    cache_vs_exact.cmd_report(SimpleNamespace(output_dir=str(tmp_path)))
+    out = capsys.readouterr().out
+    exact_at, cached_at = out.index("exact: seeds [1, 2]"), out.index("dual-r4: seeds [1, 2]")
+    assert exact_at < cached_at
+    sd = (2 * 0.1**2) ** 0.5  # sample sd of two values 0.2 apart
+    assert f"position_match after RL: 0.500 +- {sd:.3f}" in out[exact_at:cached_at]
+    assert f"position_match after RL: 0.600 +- {sd:.3f}" in out[cached_at:]
+    assert "importance_sampling_ratio" not in out[exact_at:cached_at]
+    assert "importance_sampling_ratio" in out[cached_at:]
+    assert (tmp_path / "cache_vs_exact.png").stat().st_size > 0
