@@ -20,10 +20,11 @@ What the span is (s = the last refresh step, j = the current step, slots counted
 |          | and the current slot; the suffix is cached   | now on) and the current slot                           |
 
 So `prefix` caches only the prompt and the tokens before the refresh (the masked suffix is recomputed every step),
-`dual` caches the masked suffix as well; `recompute` recomputes every token drawn since the refresh at every step,
-`append` computes each drawn token's keys and values once, one step after it was drawn. With `refresh_every=1`
-every step is a refresh, whose op sequence is the exact forward's bit for bit, so the rollout is the exact one token
-for token (tested).
+`dual` caches the masked suffix as well; `dual` with a `lookahead` of k also recomputes the k masked positions after
+the current slot (the span ends at `P+j+1+k`; with k >= L it is `prefix`); `recompute` recomputes every token drawn
+since the refresh at every step, `append` computes each drawn token's keys and values once, one step after it was
+drawn. With `refresh_every=1` every step is a refresh, whose op sequence is the exact forward's bit for bit, so the
+rollout is the exact one token for token (tested).
 
 The sampler records the log-prob and entropy of the distribution it drew from, as `ar_decode` does; with
 `refresh_every > 1` these are approximate (`Estimator.sampling_logprobs_exact` is then False) and the trainer
@@ -53,6 +54,10 @@ class RolloutCache:
         default="recompute",
         metadata={"help": "'recompute': the tokens since the refresh are recomputed each step; 'append': once."},
     )
+    lookahead: int = field(
+        default=0,
+        metadata={"help": "'dual': masked positions after the current slot recomputed at each step (0: none)."},
+    )
 
     def __post_init__(self):
         if self.kind not in CACHE_KINDS:
@@ -61,6 +66,11 @@ class RolloutCache:
             raise ValueError(f"rollout cache update must be one of {CACHE_UPDATES}, got {self.update!r}.")
         if self.refresh_every < 1:
             raise ValueError(f"rollout cache refresh_every must be >= 1, got {self.refresh_every}.")
+        if self.lookahead < 0 or (self.lookahead and self.kind != "dual"):
+            raise ValueError(
+                f"rollout cache lookahead must be >= 0 and applies to kind 'dual' only (the 'prefix' cache recomputes "
+                f"the whole masked suffix), got lookahead={self.lookahead} with kind {self.kind!r}."
+            )
 
     @property
     def exact(self) -> bool:
@@ -71,7 +81,7 @@ class RolloutCache:
         """`(start, end)` canvas positions recomputed at `step` (> `refresh_step`); it always holds the position
         that scores the current slot (`P + step - logit_shift`)."""
         since = prompt_width + (refresh_step if self.update == "recompute" else step - 1)
-        end = seq_len if self.kind == "prefix" else prompt_width + step + 1
+        end = seq_len if self.kind == "prefix" else min(seq_len, prompt_width + step + 1 + self.lookahead)
         read = prompt_width + step - logit_shift
         return min(since, read), max(end, read + 1)
 

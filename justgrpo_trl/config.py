@@ -155,6 +155,14 @@ class JustGRPOConfig(GRPOConfig):
             "refresh at every step (Fast-dLLM style)."
         },
     )
+    rollout_cache_lookahead: int = field(
+        default=0,
+        metadata={
+            "help": "rollout_cache='dual': also recompute this many masked positions after the current slot at every "
+            "step, where the cached masked suffix is the stalest part (on the long-sort demo model, 32 cut the KL "
+            "at r=8 about 3x for 32 more positions per step); 0 caches the whole suffix."
+        },
+    )
     rollout_cache_importance_sampling_correction: bool = field(
         default=True,
         metadata={
@@ -271,7 +279,9 @@ class JustGRPOConfig(GRPOConfig):
         """The rollout cache these options describe (None: exact rollouts)."""
         if self.rollout_cache is None:
             return None
-        return RolloutCache(self.rollout_cache, self.rollout_cache_refresh, self.rollout_cache_update)
+        return RolloutCache(
+            self.rollout_cache, self.rollout_cache_refresh, self.rollout_cache_update, self.rollout_cache_lookahead
+        )
 
     def rollout_cache_correction(self) -> "ImportanceCorrection | None":
         """The importance correction of cached rollouts (None: exact rollouts, r = 1, or the correction off)."""

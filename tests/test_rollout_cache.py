@@ -98,15 +98,18 @@ def test_refresh_every_token_is_the_exact_rollout(stop_heavy_model, kind, update
     assert len({len(c) for c in exact.completion_ids}) > 1  # varied lengths: rows left the batch
 
 
-@pytest.mark.parametrize("kind", ["prefix", "dual"])
-@pytest.mark.parametrize("update", ["recompute", "append"])
-def test_cached_rollout_equals_a_plain_transcription(stop_heavy_model, kind, update):
+@pytest.mark.parametrize(
+    "kind, update, lookahead",
+    [("prefix", "recompute", 0), ("prefix", "append", 0), ("dual", "recompute", 0), ("dual", "append", 0),
+     ("dual", "recompute", 3), ("dual", "append", 3)],
+)  # fmt: skip
+def test_cached_rollout_equals_a_plain_transcription(stop_heavy_model, kind, update, lookahead):
     """r > 1 (greedy): each cached step equals a plain loop that keeps its own copy of every layer's keys and
     values, refreshed on the full canvas every r steps and overwritten on the span the table in
     `cached_decoding` names."""
     model, tokenizer, tokens = stop_heavy_model
     r = 4
-    cached = _decode(model, tokenizer, tokens, RolloutCache(kind, r, update), temperature=0.0)
+    cached = _decode(model, tokenizer, tokens, RolloutCache(kind, r, update, lookahead), temperature=0.0)
     prompts = [tokenizer(t)["input_ids"] for t in ("hi", "the quick brown fox", "12 + 30 =", "def f(x):")]
     blocks = model.model.transformer.blocks
     for row, prompt in enumerate(prompts):
@@ -125,7 +128,7 @@ def test_cached_rollout_equals_a_plain_transcription(stop_heavy_model, kind, upd
                 refresh = step
             else:
                 lo = width + (refresh if update == "recompute" else step - 1)
-                hi = seq if kind == "prefix" else width + step + 1
+                hi = seq if kind == "prefix" else min(seq, width + step + 1 + lookahead)
                 logits = _plain_span_forward(model, canvas, lo, hi, keys, values)[width + step - lo]
             logits[tokens.mask_id] = float("-inf")
             token = int(logits.argmax())
@@ -188,6 +191,22 @@ def test_cache_options_are_checked():
         RolloutCache("dual", 0)
     with pytest.raises(ValueError, match="update"):
         RolloutCache("dual", 4, "lazy")
+    with pytest.raises(ValueError, match="lookahead"):
+        RolloutCache("prefix", 4, lookahead=8)
+    with pytest.raises(ValueError, match="lookahead"):
+        RolloutCache("dual", 4, lookahead=-1)
+
+
+@pytest.mark.parametrize("update", ["recompute", "append"])
+def test_dual_cache_with_a_full_lookahead_is_the_prefix_cache(stop_heavy_model, update):
+    """A lookahead reaching the canvas' end recomputes the whole masked suffix at every step, which is what the
+    prefix cache does: the same rollout, bit for bit. A shorter lookahead is a different approximation."""
+    model, tokenizer, tokens = stop_heavy_model
+    prefix = _decode(model, tokenizer, tokens, RolloutCache("prefix", 4, update), seed=1)
+    full = _decode(model, tokenizer, tokens, RolloutCache("dual", 4, update, lookahead=GEN_LENGTH), seed=1)
+    short = _decode(model, tokenizer, tokens, RolloutCache("dual", 4, update, lookahead=2), seed=1)
+    assert full.completion_ids == prefix.completion_ids and full.logprobs == prefix.logprobs
+    assert short.logprobs != prefix.logprobs
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -310,6 +329,7 @@ def test_cache_options_are_validated(stop_heavy_model, tmp_path):
         (dict(rollout_cache_importance_sampling_mode="sequence_mask"), "sequence-level"),
         (dict(estimator="diffu_grpo"), "ar_exact"),
         (dict(loss_type="vespo"), "vespo"),
+        (dict(rollout_cache="prefix", rollout_cache_lookahead=8), "lookahead"),
     ]:
         with pytest.raises(ValueError, match=message):
             _cached_trainer(model, tokenizer, tmp_path, **overrides)

@@ -193,9 +193,11 @@ def settings(args) -> list[tuple[str, RolloutCache | None]]:
     """The exact rollout, then every (kind:update, r) asked for."""
     out: list[tuple[str, RolloutCache | None]] = [] if args.no_exact else [("exact", None)]
     for spec in args.caches:
-        kind, update = spec.split(":")
+        kind, update, *rest = spec.split(":")
+        lookahead = int(rest[0]) if rest else 0
+        name = f"{kind}/{update}" + (f"/lookahead={lookahead}" if lookahead else "")
         for r in args.refresh:
-            out.append((f"{kind}/{update}/r={r}", RolloutCache(kind, r, update)))
+            out.append((f"{name}/r={r}", RolloutCache(kind, r, update, lookahead)))
     return out
 
 
@@ -209,7 +211,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--offsets", type=int, nargs="+", default=[0, 120, 240], help="Window start slots.")
     parser.add_argument("--refresh", type=int, nargs="+", default=[4, 8, 16], help="r values.")
     parser.add_argument(
-        "--caches", nargs="*", default=["prefix:recompute", "dual:recompute", "dual:append"], help="kind:update list."
+        "--caches",
+        nargs="*",
+        default=["prefix:recompute", "dual:recompute", "dual:append"],
+        help="kind:update[:lookahead] list.",
     )
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     parser.add_argument("--threads", type=int, default=1)
