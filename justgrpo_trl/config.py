@@ -160,7 +160,7 @@ class JustGRPOConfig(GRPOConfig):
         metadata={
             "help": "rollout_cache='dual': also recompute this many masked positions after the current slot at every "
             "step, where the cached masked suffix is the stalest part (on the long-sort demo model, 32 cut the KL "
-            "at r=8 about 3x for 32 more positions per step); 0 caches the whole suffix."
+            "4x at r=4 and r=8 for 32 more positions per step); 0 caches the whole suffix."
         },
     )
     rollout_cache_importance_sampling_correction: bool = field(
