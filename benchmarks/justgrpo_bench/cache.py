@@ -39,27 +39,57 @@ class _WindowDone(Exception):
     """Raised by `_Budget` once the window's forwards are done."""
 
 
-class _Budget:
-    """The model, stopping the rollout (by raising `_WindowDone`) after `steps` forwards, exact or cached."""
+class _ObservedModel:
+    """The model as `ar_decode` uses it (`parameters`, the forward, `forward_cached`), with a hook before every
+    forward, exact or cached, and one on its slot logits `[A, V]` after it."""
 
-    def __init__(self, model, steps: int):
-        self.model, self.left = model, steps
+    def __init__(self, model):
+        self.model = model
 
     def parameters(self):
         return self.model.parameters()
 
-    def _spend(self):
+    def before_forward(self) -> None:
+        pass
+
+    def after_forward(self, slot_logits: torch.Tensor) -> None:
+        pass
+
+    def __call__(self, *args, **kwargs):
+        self.before_forward()
+        out = self.model(*args, **kwargs)
+        self.after_forward(out.logits[:, 0])
+        return out
+
+    def forward_cached(self, *args, **kwargs):
+        self.before_forward()
+        logits, kv = self.model.forward_cached(*args, **kwargs)
+        self.after_forward(logits[:, 0])
+        return logits, kv
+
+
+class _Budget(_ObservedModel):
+    """The model, stopping the rollout (by raising `_WindowDone`) after `steps` forwards."""
+
+    def __init__(self, model, steps: int):
+        super().__init__(model)
+        self.left = steps
+
+    def before_forward(self) -> None:
         if self.left == 0:
             raise _WindowDone
         self.left -= 1
 
-    def __call__(self, *args, **kwargs):
-        self._spend()
-        return self.model(*args, **kwargs)
 
-    def forward_cached(self, *args, **kwargs):
-        self._spend()
-        return self.model.forward_cached(*args, **kwargs)
+class _SlotLogits(_ObservedModel):
+    """The model, keeping the slot logits of every forward (in call order: one per decoding step)."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.steps: list[torch.Tensor] = []
+
+    def after_forward(self, slot_logits: torch.Tensor) -> None:
+        self.steps.append(slot_logits.float())
 
 
 def _clock(kind: str) -> float:
@@ -90,26 +120,6 @@ def time_rollout(model, prompts: torch.Tensor, tokens, args, cache: RolloutCache
         total_time += _clock(args.clock) - start
         total_tokens += prompts.size(0) * args.window
     return total_time, total_tokens
-
-
-class _SlotLogits:
-    """The model, keeping the slot logits `[A, V]` of every forward, exact or cached (in call order: one per step)."""
-
-    def __init__(self, model):
-        self.model, self.steps = model, []
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def __call__(self, *args, **kwargs):
-        out = self.model(*args, **kwargs)
-        self.steps.append(out.logits[:, 0].float())
-        return out
-
-    def forward_cached(self, *args, **kwargs):
-        logits, kv = self.model.forward_cached(*args, **kwargs)
-        self.steps.append(logits[:, 0].float())
-        return logits, kv
 
 
 def _log_distribution(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
@@ -154,22 +164,23 @@ def fidelity(model, tokenizer, tokens, prompts: list[str], gen_length: int, cach
     exact = exact_slot_logps(model, prompt_ids, completions, gen_length, tokens)
     kls, entropies, log_ratios, row_of = [], [], [], []
     for step, (p, slot_logits) in enumerate(zip(exact, recorder.steps)):
-        row_of.append(torch.tensor([i for i, c in enumerate(completions) if len(c) > step]))
+        rows = [i for i, c in enumerate(completions) if len(c) > step]
+        row_of.append(torch.tensor(rows))
         q = _log_distribution(slot_logits, tokens.mask_id)
         kls.append((q.exp() * (q - p).masked_fill(q == float("-inf"), 0.0)).sum(-1).double())
         entropies.append(-(q.exp() * q.masked_fill(q == float("-inf"), 0.0)).sum(-1).double())
-        drawn = torch.tensor([c[step] for c in completions if len(c) > step])[:, None]
-        recorded = torch.tensor([row[step] for row in output.logprobs if len(row) > step])
+        drawn = torch.tensor([completions[i][step] for i in rows])[:, None]
+        recorded = torch.tensor([output.logprobs[i][step] for i in rows])
         if not torch.allclose(q.gather(-1, drawn)[:, 0], recorded, atol=1e-5):
             raise RuntimeError(f"Step {step}: the recorded slot logits are not the ones the sampler drew from.")
         log_ratios.append((p.gather(-1, drawn) - q.gather(-1, drawn))[:, 0].double())
-    kl, log_ratio, rows, entropy = torch.cat(kls), torch.cat(log_ratios), torch.cat(row_of), torch.cat(entropies)
+    kl, log_ratio, token_rows, entropy = torch.cat(kls), torch.cat(log_ratios), torch.cat(row_of), torch.cat(entropies)
     top_quarter = entropy >= entropy.quantile(0.75)  # the tokens JustGRPO-Fast (quantile 0.25) would score
     ratio = log_ratio.exp()
     # Standard error of the mean KL with prompts as the independent units (a prompt's tokens are correlated):
     # the cluster (ratio-estimator) formula over per-prompt KL sums s_i and token counts t_i.
-    sums = torch.zeros(len(prompts), dtype=torch.float64).index_add_(0, rows, kl)
-    counts = torch.zeros(len(prompts), dtype=torch.float64).index_add_(0, rows, torch.ones_like(kl))
+    sums = torch.zeros(len(prompts), dtype=torch.float64).index_add_(0, token_rows, kl)
+    counts = torch.zeros(len(prompts), dtype=torch.float64).index_add_(0, token_rows, torch.ones_like(kl))
     n = len(prompts)
     kl_se = float(((sums - kl.mean() * counts).pow(2).sum() * n / max(1, n - 1)).sqrt() / counts.sum())
     return {
