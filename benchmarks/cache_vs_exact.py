@@ -31,11 +31,11 @@ from justgrpo_trl.demo import (  # noqa: E402
     DemoConfig,
     build_model_and_tokenizer,
     held_out_scores,
-    make_splits,
     noisy_teacher,
     position_match_reward,
     run_rl,
     run_sft,
+    splits_for,
 )
 
 # The sort task with answers of 65 to 79 tokens (33 to 40 digits); the rest is the demo's sort preset, with a longer
@@ -51,12 +51,6 @@ RATIO_METRICS = ("sampling/importance_sampling_ratio/mean", "sampling/importance
 
 def long_sort_config(output_dir: str, **overrides) -> DemoConfig:
     return DemoConfig.for_task("sort", output_dir=output_dir, **{**LONG_SORT, **overrides})
-
-
-def splits(config: DemoConfig):
-    """Train and held-out problems of task seed 0 (the same for every RL seed)."""
-    num_train = config.sft_steps * config.sft_batch_size
-    return make_splits(0, config.num_digits, num_train, config.num_eval, "sort", config.min_digits, config.max_digit)
 
 
 @torch.no_grad()
@@ -89,7 +83,7 @@ def scores(model, tokenizer, held_out, gen_length: int) -> dict[str, float]:
 def cmd_sft(args) -> None:
     config = long_sort_config(args.output_dir, seed=0)
     set_seed(0)
-    train, held_out = splits(config)
+    train, held_out = splits_for(config, seed=0)
     model, tokenizer = build_model_and_tokenizer(config)
     t0 = time.perf_counter()
     sft = run_sft(model, tokenizer, noisy_teacher(train, config.teacher_noise, 0, "sort"), config)
@@ -113,7 +107,7 @@ def cmd_rl(args) -> None:
         args.output_dir, seed=args.seed, rl_steps=args.rl_steps, rollout_cache=args.cache,
         rollout_cache_refresh=args.refresh,
     )  # fmt: skip
-    train, held_out = splits(config)
+    train, held_out = splits_for(config, seed=0)
     path = Path(args.output_dir) / "sft"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -33,23 +33,17 @@ from justgrpo_trl.demo import (  # noqa: E402
     DemoConfig,
     build_model_and_tokenizer,
     held_out_scores,
-    make_splits,
     noisy_teacher,
     position_match_reward,
     run_rl,
     run_sft,
+    splits_for,
 )
 from justgrpo_trl.models import get_spec, resolve_special_tokens  # noqa: E402
 
 
 def demo_config(output_dir: str, **overrides) -> DemoConfig:
     return DemoConfig.for_task("sort", output_dir=output_dir, **overrides)
-
-
-def splits(config: DemoConfig):
-    return make_splits(
-        0, config.num_digits, config.sft_steps * config.sft_batch_size, config.num_eval, "sort", config.min_digits
-    )
 
 
 def load(output_dir: str):
@@ -60,7 +54,7 @@ def load(output_dir: str):
 def cmd_sft(args) -> None:
     config = demo_config(args.output_dir, seed=0)
     set_seed(0)
-    train, held_out = splits(config)
+    train, held_out = splits_for(config, seed=0)
     model, tokenizer = build_model_and_tokenizer(config)
     sft = run_sft(model, tokenizer, noisy_teacher(train, config.teacher_noise, 0, "sort"), config)
     sft.model.save_pretrained(Path(args.output_dir) / "sft")
@@ -113,7 +107,7 @@ def cut_inputs(output: dict, stop_ids) -> dict:
 
 def cmd_grad(args) -> None:
     config = demo_config(args.output_dir)
-    train, _ = splits(config)
+    train, _ = splits_for(config, seed=0)
     results = {}
     for label in ("sft_checkpoint", "untrained"):
         if label == "sft_checkpoint":
@@ -165,7 +159,7 @@ def cmd_grad(args) -> None:
 
 def cmd_rl(args) -> None:
     config = demo_config(args.output_dir, seed=args.seed, objective=args.objective, rl_steps=args.rl_steps)
-    train, held_out = splits(config)
+    train, held_out = splits_for(config, seed=0)
     model, tokenizer = load(args.output_dir)
     set_seed(args.seed)
     before = held_out_scores(model, tokenizer, held_out, config.max_completion_length)

@@ -196,6 +196,16 @@ def make_splits(
     return train, list(held_out.items())
 
 
+def splits_for(config: DemoConfig, seed: int | None = None) -> tuple[list, list]:
+    """`make_splits` for `config`'s task: one training problem per SFT sequence, `num_eval` held out. `seed` defaults
+    to `config.seed`; the benchmarks fix it so that every RL seed sees the same task."""
+    num_train = config.sft_steps * config.sft_batch_size
+    return make_splits(
+        config.seed if seed is None else seed, config.num_digits, num_train, config.num_eval, config.task,
+        config.min_digits, config.max_digit,
+    )  # fmt: skip
+
+
 def position_match_reward(prompts, completions, answer, **kwargs) -> list[float]:
     """The sort task's dense reward: the share of character positions where the completion (stripped) agrees with the
     answer, over the longer of the two; 1 exactly when the completion is the answer. A tiny model rarely sorts 8 to 16
@@ -440,10 +450,7 @@ def run_demo(config: DemoConfig) -> dict:
     set_seed(config.seed)
     timings = {}
 
-    num_train = config.sft_steps * config.sft_batch_size
-    train, held_out = make_splits(
-        config.seed, config.num_digits, num_train, config.num_eval, config.task, config.min_digits, config.max_digit
-    )
+    train, held_out = splits_for(config)
     model, tokenizer = build_model_and_tokenizer(config)
     print(f"[demo] tiny LLaDA: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"{len(train)} SFT problems, {len(held_out)} held-out prompts")  # fmt: skip
