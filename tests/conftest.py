@@ -34,12 +34,11 @@ def tiny_model(tiny_checkpoint):
     return AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
 
 
-@pytest.fixture
-def stop_heavy_model(tiny_checkpoint):
+def load_stop_heavy(checkpoint: str):
     """The tiny LLaDA with a strong random direction on the stop tokens' output rows, so that sampled completions
-    end at varied lengths (a random 384-way model almost never stops)."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    end at varied lengths (a random 384-way model almost never stops); returns `(model, tokenizer, tokens)`."""
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     tokens = resolve_special_tokens(get_spec(model), tokenizer, model.config)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -47,6 +46,13 @@ def stop_heavy_model(tiny_checkpoint):
         head.mul_(10.0)  # peaky distributions: log-probs far from uniform
         for stop_id in tokens.stop_ids:
             head[stop_id] = torch.randn(head.size(1), generator=generator) * 0.4
+    return model, tokenizer, tokens
+
+
+@pytest.fixture
+def stop_heavy_model(tiny_checkpoint):
+    """`load_stop_heavy` of the tiny checkpoint, in eval mode."""
+    model, tokenizer, tokens = load_stop_heavy(tiny_checkpoint)
     return model.eval(), tokenizer, tokens
 
 

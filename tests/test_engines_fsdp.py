@@ -17,27 +17,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_stop_heavy
 from test_trainer_runs import _free_port
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from justgrpo_trl.models import get_spec, resolve_special_tokens
+from transformers import AutoModelForCausalLM
 
 SCRIPT = Path(__file__).with_name("fsdp_train_script.py")
 
 
 @pytest.fixture(scope="module")
 def stop_heavy_checkpoint(tiny_checkpoint, tmp_path_factory) -> str:
-    """The tiny LLaDA with the stop tokens made likely (as `conftest.stop_heavy_model`), saved: completions then end
+    """The tiny LLaDA with the stop tokens made likely (`conftest.load_stop_heavy`), saved: completions then end
     at varied lengths, and one rank's rollout ends well before the other's."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
-    tokens = resolve_special_tokens(get_spec(model), tokenizer, model.config)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        head = model.model.transformer.ff_out.weight
-        head.mul_(10.0)
-        for stop_id in tokens.stop_ids:
-            head[stop_id] = torch.randn(head.size(1), generator=generator) * 0.4
+    model, tokenizer, _ = load_stop_heavy(tiny_checkpoint)
     directory = tmp_path_factory.mktemp("stop-heavy")
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
