@@ -21,8 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
 import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
 from conftest import load_stop_heavy  # noqa: E402  (this script's folder, tests/, is on sys.path)
+from datasets import Dataset  # noqa: E402
+
 from justgrpo_trl import JustGRPOConfig, JustGRPOTrainer  # noqa: E402
 from justgrpo_trl.models.tiny import save_tiny_checkpoint  # noqa: E402
 
