@@ -1,4 +1,4 @@
-"""AR-order rollouts with an approximate key/value cache (an option of `decoding.ar_decode`).
+"""AR-order rollouts with an approximate key/value cache: `decoding.ar_decode`'s rollout, cheaper and approximate.
 
 The exact AR rollout (`ar_decode`) runs the whole canvas `[prompt | c_<j | MASK x (L - j)]`, `P + L` positions, for
 every token. A masked diffusion LM is bidirectional, so no key or value can be reused exactly: writing token j changes
@@ -39,6 +39,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from .sampling import ARRollout, SamplingFilter
 
 CACHE_KINDS = ("prefix", "dual")
 CACHE_UPDATES = ("recompute", "append")
@@ -119,8 +121,6 @@ def cached_ar_decode(
     Rows leave the batch at their first stop token, as in `ar_decode` (their cache rows are dropped). `nfe` counts
     refreshes and cached forwards alike; `row_nfe` is each row's number of tokens, as in `ar_decode`.
     """
-    from .decoding import ARRollout, SamplingFilter
-
     lm = cached_model(model)
     state = ARRollout(
         model, prompts, gen_length=gen_length, mask_id=mask_id, stop_ids=stop_ids, pad_id=pad_id,

@@ -1,10 +1,12 @@
 """The approximate key/value cache of AR rollouts: the model's cached forward, the cached rollout, and the
 importance-sampling correction of the policy gradient (fp32)."""
 
+from functools import partial
+
 import pytest
 import torch
 
-from justgrpo_trl.cached_decoding import RolloutCache
+from justgrpo_trl.cached_decoding import RolloutCache, cached_ar_decode
 from justgrpo_trl.decoding import ar_decode, build_canvas, left_pad
 
 GEN_LENGTH = 12
@@ -72,13 +74,13 @@ def test_span_reads_stale_keys_from_the_cache(stop_heavy_model):
 
 def _decode(model, tokenizer, tokens, cache, seed=0, temperature=1.0, **kwargs):
     prompts = [tokenizer(t)["input_ids"] for t in ("hi", "the quick brown fox", "12 + 30 =", "def f(x):")]
-    return ar_decode(
+    decode = ar_decode if cache is None else partial(cached_ar_decode, cache=cache)
+    return decode(
         model,
         prompts,
         gen_length=GEN_LENGTH,
         temperature=temperature,
         generator=torch.Generator().manual_seed(seed),
-        cache=cache,
         **tokens.decode_kwargs(),
         **kwargs,
     )
@@ -312,12 +314,12 @@ def test_correction_is_off_for_exact_rollouts_and_the_sampler_is_marked_approxim
     from test_trainer_exact import prompt_ids, rollout
 
     exact = _cached_trainer(model, tokenizer, tmp_path, rollout_cache_refresh=1, num_iterations=2)
-    assert exact.rollout_correction is None and exact.estimator.sampling_logprobs_exact
+    assert exact.estimator.correction is None and exact.estimator.sampling_logprobs_exact
     model.train()
     rollout(exact, prompt_ids(tokenizer)[:2])
     assert exact._pending_sampling_logps is not None
     cached = _cached_trainer(model, tokenizer, tmp_path, num_iterations=2)
-    assert cached.rollout_correction is not None and not cached.estimator.sampling_logprobs_exact
+    assert cached.estimator.correction is not None and not cached.estimator.sampling_logprobs_exact
     rollout(cached, prompt_ids(tokenizer)[:2])
     assert cached._pending_sampling_logps is None
 

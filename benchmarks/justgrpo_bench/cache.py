@@ -25,11 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from justgrpo_trl.cached_decoding import RolloutCache, cached_model
+from justgrpo_trl.cached_decoding import RolloutCache, cached_ar_decode, cached_model
 from justgrpo_trl.decoding import ar_decode, build_canvas, left_pad, logprobs_and_entropy, scaled_logits
 
 from .models import MODEL_SHAPES, build_model
@@ -106,13 +107,12 @@ def time_rollout(model, prompts: torch.Tensor, tokens, args, cache: RolloutCache
         budget = _Budget(model, args.window)
         start = _clock(args.clock)
         try:
-            ar_decode(
+            rollout(cache)(
                 budget,
                 rows,
                 gen_length=args.gen_length - offset,
                 temperature=1.0,
                 generator=torch.Generator().manual_seed(args.seed),
-                cache=cache,
                 **tokens.decode_kwargs(),
             )
         except _WindowDone:
@@ -120,6 +120,11 @@ def time_rollout(model, prompts: torch.Tensor, tokens, args, cache: RolloutCache
         total_time += _clock(args.clock) - start
         total_tokens += prompts.size(0) * args.window
     return total_time, total_tokens
+
+
+def rollout(cache: RolloutCache | None):
+    """The exact AR sampler (`cache` None) or the cached one with this cache."""
+    return ar_decode if cache is None else partial(cached_ar_decode, cache=cache)
 
 
 def _log_distribution(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
@@ -151,13 +156,12 @@ def fidelity(model, tokenizer, tokens, prompts: list[str], gen_length: int, cach
     forward are the completions longer than j."""
     prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
     recorder = _SlotLogits(model)
-    output = ar_decode(
+    output = rollout(cache)(
         recorder,
         prompt_ids,
         gen_length=gen_length,
         temperature=1.0,
         generator=torch.Generator().manual_seed(seed),
-        cache=cache,
         **tokens.decode_kwargs(),
     )
     completions = output.completion_ids
