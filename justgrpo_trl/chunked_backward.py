@@ -229,7 +229,7 @@ def token_loss_for(
         sapo_temperature_pos=trainer.args.sapo_temperature_pos,
         sapo_temperature_neg=trainer.args.sapo_temperature_neg,
         sampling_logps=inputs.get("sampling_per_token_logps"),
-        correction=getattr(trainer, "rollout_correction", None),
+        correction=trainer.estimator.correction,
     )
 
 

@@ -1,8 +1,9 @@
 """`JustGRPOConfig`: `GRPOConfig` plus the options of RL on diffusion LMs (kept beside the trainer, as TRL keeps
 `grpo_config.py` beside `grpo_trainer.py`).
 
-Each estimator validates its own options (`Estimator.check_config`); the choices are the keys of
-`estimators.ESTIMATORS`.
+The config names its estimator by string and imports none of them: each estimator validates the options it owns
+(`Estimator.check_config`) when the trainer looks it up (`estimators.estimator_for`), before any model is loaded.
+The choices are the keys of `estimators.ESTIMATORS`.
 """
 
 import dataclasses
@@ -13,7 +14,6 @@ from trl import GRPOConfig
 
 from .cache_correction import ImportanceCorrection
 from .cached_decoding import RolloutCache
-from .estimators import ESTIMATORS
 from .reliability import REWARD_ERROR_POLICIES
 
 logger = logging.get_logger(__name__)
@@ -229,8 +229,6 @@ class JustGRPOConfig(GRPOConfig):
             ) from error
         if self.prompt_truncation not in ("error", "left"):
             raise ValueError(f"prompt_truncation must be 'error' or 'left', got {self.prompt_truncation!r}.")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {tuple(ESTIMATORS)}, got {self.estimator!r}.")
         if self.generation_kwargs:
             raise ValueError(
                 f"generation_kwargs={self.generation_kwargs!r} is not applied by the diffusion samplers, which are "
@@ -269,7 +267,6 @@ class JustGRPOConfig(GRPOConfig):
                 )
         if self.justgrpo_fast and self.estimator != "ar_exact":
             raise ValueError("justgrpo_fast applies to estimator='ar_exact' only.")
-        ESTIMATORS[self.estimator].check_config(self)
         if self.reward_errors not in REWARD_ERROR_POLICIES:
             raise ValueError(f"reward_errors must be one of {REWARD_ERROR_POLICIES}, got {self.reward_errors!r}.")
         if self.logprob_chunk_size < 1:

@@ -14,7 +14,8 @@ the scored values for the loss value and the metrics.
 Everything else (chat templates, rewards, advantages, every loss type, KL with a reference model or a PEFT adapter,
 `num_iterations`, `steps_per_generation`, entropy masking, logging) is TRL's own code. What differs between methods
 lives in one strategy per method (`estimators/`: JustGRPO and its Fast variant, diffu-GRPO, AGRPO), chosen by
-`JustGRPOConfig.estimator`; the run-reliability features come from `RunReliabilityMixin` (`reliability.py`).
+`JustGRPOConfig.estimator`, which also owns any objective-specific bookkeeping (decoding past the stop token, a cached
+rollout's importance correction); the run-reliability features come from `RunReliabilityMixin` (`reliability.py`).
 """
 
 from functools import partial
@@ -34,8 +35,7 @@ from .chunked_backward import (
     trl_loss_weights,
 )
 from .config import JustGRPOConfig
-from .decoding import cut_at_stop
-from .estimators import ESTIMATORS, EstimatorContext, ScoringBatch
+from .estimators import EstimatorContext, ScoringBatch, estimator_for
 from .estimators.base import pad_lists
 from .estimators.scoring import target_logps
 from .models import apply_chat_template_fix, get_spec, resolve_special_tokens
@@ -73,6 +73,7 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
             args = JustGRPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-JustGRPO")
         args = JustGRPOConfig.from_grpo_config(args)  # a TRL user's plain GRPOConfig keeps every value it set
         validation.check_supported(args)
+        estimator = estimator_for(args)  # the estimator checks its own options before any model is loaded
         validation.check_trainer_kwargs(kwargs)
         validation.check_dataset(kwargs.get("train_dataset", pargs[0] if pargs else None))
         reward_funcs = self._init_run_health(reward_funcs, args)
@@ -93,7 +94,7 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
                 "zero_nonfinite_grads / skip_nonfinite_loss_steps do not apply under DeepSpeed, which steps the "
                 "optimizer inside its backward; rely on DeepSpeed's own overflow handling there."
             )
-        self.estimator = ESTIMATORS[args.estimator](
+        self.estimator = estimator(
             EstimatorContext(
                 args=args,
                 tokens=self.special_tokens,
@@ -104,13 +105,14 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
                 gather=self.accelerator.gather,
                 loss_weights=partial(trl_loss_weights, self),
                 rollout_all_done=self._all_sharded_ranks_done if self._forwards_are_collective() else None,
+                policy_logps=self._policy_logps,
+                log_metric=lambda name, value: self._metrics["train" if self.model.training else "eval"][name].append(
+                    value
+                ),
             )
         )
-        # A cached rollout's importance correction (None: exact rollouts); read by `token_loss_for` too.
-        self.rollout_correction = args.rollout_cache_correction()
         self._forward_redirection = _ForwardRedirection()
         self._pending_sampling_logps: tuple[list[list[float]], list[list[int]]] | None = None
-        self._past_stop: tuple[list[list[int]], list[list[float]]] | None = None
         self._scored: tuple[torch.Tensor, torch.Tensor] | None = None
         self._chunked_backward_blocker = chunked_backward_blockers(self, self.estimator.chunkable)
         if args.chunked_backward and self._chunked_backward_blocker:
@@ -153,30 +155,16 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
         reuse = self.args.reuse_sampling_logprobs or self.estimator.requires_sampling_logprobs
         if reuse and self.estimator.sampling_logprobs_exact and old_logps_needed and self.model.training:
             self._pending_sampling_logps = (output.logprobs, output.completion_ids)
-        if not self.estimator.decodes_past_stop:
-            return output.completion_ids, output.logprobs
-        # TRL decodes the completions it returns into the text the rewards see: hand it each one up to its first stop
-        # token, and swap the whole canvas back in `_generate`, for the loss.
-        self._past_stop = (output.completion_ids, output.logprobs)
-        cut = [cut_at_stop(ids, self.special_tokens.stop_ids) for ids in output.completion_ids]
-        return cut, [logps[: len(ids)] for ids, logps in zip(cut, output.logprobs)]
+        return self.estimator.completions_for_trl(output)
 
     def _generate(self, prompts: list):
-        """TRL's `_generate`; an estimator that decodes past the stop token gets its whole canvases back (after TRL
-        decoded the text up to the first stop token)."""
-        output = super()._generate(prompts)
-        past_stop, self._past_stop = self._past_stop, None
-        if past_stop is None:
-            return output
-        prompt_ids, _, tool_mask, completions, _, *rest = output
-        return (prompt_ids, past_stop[0], tool_mask, completions, past_stop[1], *rest)
+        """TRL's `_generate`, with the whole canvases back where the estimator decodes past the stop token."""
+        return self.estimator.restore_past_stop(super()._generate(prompts))
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        """TRL's rewards, on each completion up to its first stop token (what decodes past it is trained, not
-        rewarded)."""
-        if self.estimator.decodes_past_stop:
-            completion_ids_list = [cut_at_stop(ids, self.special_tokens.stop_ids) for ids in completion_ids_list]
-        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        """TRL's rewards, on the completions as the estimator has them rewarded (up to the first stop token)."""
+        ids = self.estimator.rewarded_ids(completion_ids_list)
+        return super()._calculate_rewards(inputs, prompts, completions, ids)
 
     def _generate_and_score_completions(self, inputs):
         """TRL's generation step, bracketed by the estimator's per-generation-batch hooks."""
@@ -218,6 +206,16 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
 
     def _scoring_batch(self, input_ids, attention_mask, prompt_width: int) -> ScoringBatch:
         return ScoringBatch(input_ids, attention_mask, prompt_width, self.temperature, self.model.training)
+
+    def _policy_logps(self, inputs) -> torch.Tensor:
+        """A micro-batch's log-probs under the policy, scored once: TRL's `_compute_loss` takes them from `_scored`."""
+        if self._scored is None:
+            batch = ScoringBatch.from_inputs(inputs, self.temperature, self.model.training)
+            width = inputs["completion_ids"].size(1)
+            self._scored = self._get_per_token_logps_and_entropies(
+                self.model_wrapped, batch.input_ids, batch.attention_mask, width, compute_entropy=True
+            )[:2]
+        return self._scored[0]
 
     def _call_model(self, model, function, *args):
         """Run `function(unwrapped_module, *args)` through one pass of the DDP/DeepSpeed wrapper's forward, however
@@ -274,10 +272,8 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
     def _chunked_backward_loss(self, model, inputs) -> torch.Tensor:
         """Score and backpropagate chunk by chunk (`chunked_backward.py`), then run TRL's `_compute_loss` once on the
         scored values, without gradient, for the loss value and metrics; the two losses must agree."""
-        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         loss_inputs = self.estimator.loss_inputs(inputs, self._inner_iteration())
-        plan = self.estimator.plan(self._scoring_batch(input_ids, attention_mask, inputs["prompt_ids"].size(1)))
+        plan = self.estimator.plan(ScoringBatch.from_inputs(inputs, self.temperature, self.model.training))
         token_loss = token_loss_for(self, loss_inputs, plan.policy_mask, plan.token_weights)
         score = partial(
             target_logps,
@@ -317,38 +313,7 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
     def _compute_loss(self, model, inputs):
         """TRL's loss, through the estimator (which may adjust its inputs or replace it), at the inner iteration
         (of `num_iterations`) being trained."""
-        iteration = self._inner_iteration()
-        if self.rollout_correction is not None and "sampling_per_token_logps" in inputs:
-            inputs = self._importance_corrected(model, inputs)
-        return self.estimator.compute_loss(partial(super()._compute_loss, model), inputs, iteration)
-
-    def _importance_corrected(self, model, inputs):
-        """A cached rollout's correction (`cache_correction.py`): each token's advantage scaled by its importance
-        weight, the exact log-prob being TRL's old one if it has one, else the training forward's own (scored here,
-        once, and handed to TRL's `_compute_loss` through `_scored`); the ratio metrics logged under TRL's names."""
-        exact = inputs.get("old_per_token_logps")
-        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        width = inputs["completion_ids"].size(1)
-        if exact is None:
-            if self._scored is None:
-                logps, entropies, _ = self._get_per_token_logps_and_entropies(
-                    model, input_ids, attention_mask, width, compute_entropy=True
-                )
-                self._scored = (logps, entropies)
-            exact = self._scored[0]
-        mask = inputs["completion_mask"].float()
-        if self.args.justgrpo_fast:  # only the scored tokens have an exact log-prob and a policy term
-            batch = self._scoring_batch(input_ids, attention_mask, inputs["prompt_ids"].size(1))
-            mask = mask * self.estimator.plan(batch).policy_mask
-        inputs, stats = self.rollout_correction.corrected_inputs(inputs, exact, mask)
-        mode = "train" if self.model.training else "eval"
-        for name, value in stats.items():
-            gathered = self.accelerator.gather(value.reshape(1))
-            reduced = gathered.min() if name.endswith("min") else gathered.max() if name.endswith("max") else None
-            value = gathered.mean() if reduced is None else reduced
-            self._metrics[mode][f"sampling/{name}"].append(value.item())
-        return inputs
+        return self.estimator.compute_loss(partial(super()._compute_loss, model), inputs, self._inner_iteration())
 
     def _inner_iteration(self) -> int:
         """The inner iteration (of `num_iterations`) the current micro-batch trains."""

@@ -29,6 +29,7 @@ from trl import GRPOConfig
 
 from justgrpo_trl import JustGRPOConfig, JustGRPOTrainer
 from justgrpo_trl.decoding import SamplingFilter, scaled_logits
+from justgrpo_trl.estimators import estimator_for
 from justgrpo_trl.models import get_spec, resolve_special_tokens
 
 
@@ -124,8 +125,9 @@ def test_missing_reward_functions_give_trls_error(tmp_path, tiny_checkpoint):
     ],
 )
 def test_sampling_options_that_cannot_be_honoured_are_refused(tmp_path, overrides, option):
+    """Refused by the config, or by the estimator when the trainer looks it up (`estimator_for`)."""
     with pytest.raises(ValueError, match=option):
-        JustGRPOConfig(output_dir=str(tmp_path), use_cpu=True, **overrides)
+        estimator_for(JustGRPOConfig(output_dir=str(tmp_path), use_cpu=True, **overrides))
 
 
 def plain_filtered_logps(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:

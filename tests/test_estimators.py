@@ -392,18 +392,20 @@ def test_short_runs_with_each_estimator_change_every_parameter(tmp_path, tiny_ch
 
 def test_agrpo_rejects_a_kl_term(tmp_path):
     from justgrpo_trl import JustGRPOConfig
+    from justgrpo_trl.estimators import estimator_for
 
     with pytest.raises(ValueError, match="beta=0"):
-        JustGRPOConfig(output_dir=str(tmp_path), estimator="agrpo", beta=0.04, use_cpu=True)
+        estimator_for(JustGRPOConfig(output_dir=str(tmp_path), estimator="agrpo", beta=0.04, use_cpu=True))
 
 
 @pytest.mark.parametrize("option", [{"top_k": 150}, {"top_p": 0.99}])
 def test_block_rollout_estimators_refuse_top_k_top_p_rather_than_ignore_them(tmp_path, option):
     from justgrpo_trl import JustGRPOConfig
+    from justgrpo_trl.estimators import estimator_for
 
     for estimator in ("diffu_grpo", "agrpo"):
         with pytest.raises(ValueError, match="top_[kp]"):
-            JustGRPOConfig(output_dir=str(tmp_path), estimator=estimator, use_cpu=True, **option)
+            estimator_for(JustGRPOConfig(output_dir=str(tmp_path), estimator=estimator, use_cpu=True, **option))
 
 
 # --------------------------------------------------------------------------- the protocol

@@ -7,8 +7,11 @@
 | `agrpo` | `agrpo.py` | block decoding | exact, in the sampler's own states, sampled steps |
 
 The protocol is `base.Estimator`; the shared forwards are in `scoring.py`. A new estimator is one module with an
-`Estimator` subclass, plus one line in `ESTIMATORS`.
+`Estimator` subclass, plus one line in `ESTIMATORS`. The config names an estimator by string and imports none of
+them; the trainer looks it up (`estimator_for`), and the estimator checks the options it owns (`check_config`).
 """
+
+from typing import TYPE_CHECKING
 
 from .agrpo import AGRPO, entropy_step_weights, stratified_step_weights
 from .ar_exact import ARExact
@@ -16,11 +19,24 @@ from .base import Estimator, EstimatorContext, ScoringBatch, ScoringPlan
 from .diffu_grpo import DiffuGRPO
 from .scoring import score_canvases, score_one_step, target_logps
 
+if TYPE_CHECKING:
+    from ..config import JustGRPOConfig
+
 ESTIMATORS: dict[str, type[Estimator]] = {
     ARExact.name: ARExact,
     DiffuGRPO.name: DiffuGRPO,
     AGRPO.name: AGRPO,
 }
+
+
+def estimator_for(args: "JustGRPOConfig") -> type[Estimator]:
+    """The estimator class `args.estimator` names, after it checked the options it owns (`Estimator.check_config`)."""
+    if args.estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {tuple(ESTIMATORS)}, got {args.estimator!r}.")
+    estimator = ESTIMATORS[args.estimator]
+    estimator.check_config(args)
+    return estimator
+
 
 __all__ = [
     "AGRPO",
@@ -32,6 +48,7 @@ __all__ = [
     "ScoringBatch",
     "ScoringPlan",
     "entropy_step_weights",
+    "estimator_for",
     "score_canvases",
     "score_one_step",
     "stratified_step_weights",

@@ -20,9 +20,9 @@ The objective (`JustGRPOConfig.objective`):
   types): TRL's own `_compute_loss` then computes, and logs, the paper's loss, and the chunked backward sees the same
   terms.
 * `'paper_early_stop'`: the same weights on the tokens up to the first stop token, with early-stopping rollouts.
-Rollout cache (`rollout_cache`, off by default): approximate rollouts (`cached_decoding.py`), whose sampling log-probs
-are then not the exact ones; the trainer weights each token's policy term by its importance ratio
-(`cache_correction.py`).
+Rollout cache (`rollout_cache`, off by default): approximate rollouts (`cached_decoding.cached_ar_decode`), whose
+sampling log-probs are then not the exact ones; each token's policy term is weighted by its importance ratio
+(`cache_correction.py`): in `compute_loss` here, and term by term in the chunked backward.
 
 Sampling options (`top_k`, `top_p`, `min_p`) truncate the rollout's distribution, and the scorer applies the same
 truncation, so the log-probs trained on are those of the distribution each token was drawn from.
@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..cached_decoding import cached_ar_decode
 from ..chunked_backward import CLIPPED_LOSS_TYPES
 from ..decoding import DecodeOutput, SamplingFilter, ar_decode
-from .base import Estimator, LogProbs, ModelRun, ScoringBatch, ScoringPlan, recorded
+from .base import Estimator, EstimatorContext, LogProbs, ModelRun, ScoringBatch, ScoringPlan, recorded
 from .scoring import ar_canvases, exact_logps
 
 if TYPE_CHECKING:
@@ -59,6 +60,10 @@ class ARExact(Estimator):
 
     name = "ar_exact"
     chunkable = True
+
+    def __init__(self, context: EstimatorContext) -> None:
+        super().__init__(context)
+        self.correction = context.args.rollout_cache_correction()  # None: exact rollouts (no cache, or r = 1)
 
     @classmethod
     def check_config(cls, args: JustGRPOConfig) -> None:
@@ -85,20 +90,18 @@ class ARExact(Estimator):
             )
 
     def rollout(self, model, prompt_ids: list[list[int]], temperature: float) -> DecodeOutput:
-        args = self.context.args
-        output = ar_decode(
-            model,
-            prompt_ids,
-            top_k=args.top_k or None,
-            top_p=args.top_p,
-            min_p=args.min_p,
-            gen_length=args.max_completion_length,
-            temperature=temperature,
-            all_done=self.context.rollout_all_done,
-            stop_early=not self.decodes_past_stop,
-            cache=args.rollout_cache_settings(),
-            **self.context.tokens.decode_kwargs(),
-        )
+        """The exact AR rollout (`ar_decode`), or with `rollout_cache` the cached one (`cached_ar_decode`)."""
+        args, context = self.context.args, self.context
+        sampling = dict(top_k=args.top_k or None, top_p=args.top_p, min_p=args.min_p, temperature=temperature)
+        sampling.update(gen_length=args.max_completion_length, **context.tokens.decode_kwargs())
+        cache = args.rollout_cache_settings()
+        if cache is None:
+            stop_early = not self.decodes_past_stop
+            output = ar_decode(model, prompt_ids, all_done=context.rollout_all_done, stop_early=stop_early, **sampling)
+        elif context.rollout_all_done is not None:
+            raise ValueError("A rollout cache cannot run with sharded (collective) forwards; set rollout_cache=None.")
+        else:
+            output = cached_ar_decode(model, prompt_ids, cache=cache, **sampling)
         self.records.store(prompt_ids, output)
         return output
 
@@ -150,15 +153,45 @@ class ARExact(Estimator):
         scale = ratio if advantages.dim() == 1 else ratio[:, None]
         return {**inputs, "advantages": advantages * scale.to(advantages.dtype)}
 
+    def compute_loss(self, trl_loss, inputs: dict[str, Any], iteration: int) -> torch.Tensor:
+        """TRL's loss on `loss_inputs`; after a cached rollout, each token's advantage importance-weighted first."""
+        inputs = self.loss_inputs(inputs, iteration)
+        if self.correction is not None and "sampling_per_token_logps" in inputs:
+            inputs = self.importance_corrected(inputs)
+        return trl_loss(inputs)
+
+    def importance_corrected(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """A cached rollout's correction (`cache_correction.py`): each token's advantage scaled by its importance
+        weight, the exact log-prob being TRL's old one if it has one, else the training forward's own (scored once,
+        `EstimatorContext.policy_logps`); the ratio metrics logged under TRL's names, reduced over processes."""
+        exact = inputs.get("old_per_token_logps")
+        if exact is None:
+            exact = self.context.policy_logps(inputs)
+        mask = inputs["completion_mask"].float()
+        if self.context.args.justgrpo_fast:  # only the scored tokens have an exact log-prob and a policy term
+            batch = ScoringBatch.from_inputs(inputs, self.context.args.temperature, torch.is_grad_enabled())
+            mask = mask * self.fast_selection(batch)[1]
+        inputs, stats = self.correction.corrected_inputs(inputs, exact, mask)
+        for name, value in stats.items():
+            gathered = self.context.gather(value.reshape(1))
+            reduced = gathered.min() if name.endswith("min") else gathered.max() if name.endswith("max") else None
+            self.context.log_metric(f"sampling/{name}", (gathered.mean() if reduced is None else reduced).item())
+        return inputs
+
+    def fast_selection(self, batch: ScoringBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """JustGRPO-Fast: the rollout's entropies `[B, T]` and the mask of the top-entropy tokens TRL's `_compute_loss`
+        derives from them."""
+        completion_mask = batch.completion_mask
+        entropies = recorded(self.recorded_rows(batch), "entropies", completion_mask.size(1), self.context.device)
+        quantile = self.context.args.top_entropy_quantile
+        return entropies, self.context.high_entropy_mask(entropies, completion_mask, 1 - quantile)
+
     def plan(self, batch: ScoringBatch) -> ScoringPlan:
         """Every completion token, or under JustGRPO-Fast the top-entropy ones (with the rollout's entropies, and
         the mask TRL's `_compute_loss` derives from them)."""
         if not self.context.args.justgrpo_fast:
             return ScoringPlan(ar_canvases(self.context, batch))
-        completion_mask = batch.completion_mask
-        entropies = recorded(self.recorded_rows(batch), "entropies", completion_mask.size(1), self.context.device)
-        quantile = self.context.args.top_entropy_quantile
-        fast_mask = self.context.high_entropy_mask(entropies, completion_mask, 1 - quantile)
+        entropies, fast_mask = self.fast_selection(batch)
         return ScoringPlan(ar_canvases(self.context, batch, fast_mask), entropies=entropies, policy_mask=fast_mask)
 
     def logps(self, run: ModelRun, batch: ScoringBatch) -> LogProbs:

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from ..collators import ARScoringCanvases
-from ..decoding import DecodeOutput, SamplingFilter, block_decode
+from ..decoding import DecodeOutput, SamplingFilter, block_decode, cut_at_stop
 from ..models import SpecialTokens
 
 if TYPE_CHECKING:
+    from ..cache_correction import ImportanceCorrection
     from ..config import JustGRPOConfig
 
 # `run(function, *args)` calls `function(unwrapped_module, *args)` inside one forward of the DDP/DeepSpeed/FSDP
@@ -54,6 +55,9 @@ class EstimatorContext:
         gather: the accelerator's `gather` (concatenates a tensor over processes; the identity on one).
         loss_weights: `[B, T]` weight of each token's term in TRL's loss for a micro-batch's inputs (its
             `loss_type` normaliser, `chunked_backward.loss_weights`), for estimators that reweight it.
+        policy_logps: `[B, T]` log-probs of a micro-batch's completions under the current policy (with gradient in
+            training), scored once per micro-batch: TRL's `_compute_loss` reuses them.
+        log_metric: appends a value to one of TRL's logged metrics (train or eval, as the model's mode says).
     """
 
     args: JustGRPOConfig
@@ -65,6 +69,8 @@ class EstimatorContext:
     gather: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
     loss_weights: Callable[[dict[str, Any]], torch.Tensor] | None = None
     rollout_all_done: Callable[[bool], bool] | None = None
+    policy_logps: Callable[[dict[str, Any]], torch.Tensor] | None = None
+    log_metric: Callable[[str, float], None] = lambda name, value: None
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,13 @@ class ScoringBatch:
     prompt_width: int
     temperature: float
     training: bool
+
+    @classmethod
+    def from_inputs(cls, inputs: dict[str, Any], temperature: float, training: bool) -> ScoringBatch:
+        """The scoring batch of one of TRL's micro-batches (its prompt and completion ids and masks)."""
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        return cls(input_ids, attention_mask, inputs["prompt_ids"].size(1), temperature, training)
 
     @property
     def completion_ids(self) -> torch.Tensor:
@@ -202,20 +215,51 @@ class Estimator:
     name: ClassVar[str]
     chunkable: ClassVar[bool] = False
     requires_sampling_logprobs: ClassVar[bool] = False
+    # The importance correction of an approximate sampler's tokens (`cache_correction.py`), read by the chunked
+    # backward too; None: the rollout samples from the policy itself.
+    correction: ImportanceCorrection | None = None
 
     def __init__(self, context: EstimatorContext) -> None:
         self.context = context
         self.records = RolloutRecords()
+        self._past_stop: tuple[list[list[int]], list[list[float]]] | None = None
 
     @classmethod
     def check_config(cls, args: JustGRPOConfig) -> None:
-        """Refuse option combinations this estimator cannot honour (called from `JustGRPOConfig.__post_init__`)."""
+        """Refuse option combinations this estimator cannot honour (called by `estimator_for`, from the trainer,
+        before any model is loaded)."""
 
     @property
     def decodes_past_stop(self) -> bool:
-        """Whether rollouts return (and the loss trains) every slot of the canvas, past the first stop token. The
-        trainer then lets TRL decode and reward each completion up to its first stop token only."""
+        """Whether rollouts return (and the loss trains) every slot of the canvas, past the first stop token. TRL
+        then decodes and rewards each completion up to its first stop token only (`completions_for_trl`,
+        `restore_past_stop`, `rewarded_ids`)."""
         return False
+
+    def completions_for_trl(self, output: DecodeOutput) -> tuple[list[list[int]], list[list[float]]]:
+        """What the trainer's `_generate_single_turn` hands TRL for a rollout: completions and log-probs. Past the stop
+        token, each completion up to its first stop token (TRL decodes it into the text the rewards see); the whole
+        canvases are kept for `restore_past_stop`."""
+        if not self.decodes_past_stop:
+            return output.completion_ids, output.logprobs
+        self._past_stop = (output.completion_ids, output.logprobs)
+        cut = self.rewarded_ids(output.completion_ids)
+        return cut, [logps[: len(ids)] for ids, logps in zip(cut, output.logprobs)]
+
+    def restore_past_stop(self, generated: tuple) -> tuple:
+        """TRL's `_generate` output, with the whole canvases of a rollout past the stop token swapped back in (for the
+        loss) after TRL decoded the text up to the first stop token."""
+        past_stop, self._past_stop = self._past_stop, None
+        if past_stop is None:
+            return generated
+        prompt_ids, _, tool_mask, completions, _, *rest = generated
+        return (prompt_ids, past_stop[0], tool_mask, completions, past_stop[1], *rest)
+
+    def rewarded_ids(self, completion_ids: list[list[int]]) -> list[list[int]]:
+        """The completions the rewards see: what decodes past the first stop token is trained, not rewarded."""
+        if not self.decodes_past_stop:
+            return completion_ids
+        return [cut_at_stop(ids, self.context.tokens.stop_ids) for ids in completion_ids]
 
     @property
     def sampling_logprobs_exact(self) -> bool:
