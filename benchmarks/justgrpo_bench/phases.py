@@ -14,6 +14,7 @@ from justgrpo_trl.decoding import ar_decode
 from justgrpo_trl.estimators import score_canvases, target_logps
 
 from .baselines import grpo_normaliser, rollout_baseline, scoring_baseline
+from .workload import high_entropy_mask
 
 if TYPE_CHECKING:
     from .workload import Workload
@@ -34,6 +35,27 @@ def rollout_ours(work: Workload):
             temperature=work.temperature,
             generator=generator,
         )
+
+
+def fill_scoring_inputs(work: Workload, quantile: float) -> None:
+    """Run our rollout once and keep its completions, sampling log-probs and entropies as the scoring inputs."""
+    out = rollout_ours(work)  # the timed rollout phase, same seed
+    got = torch.tensor([len(c) for c in out.completion_ids], device=work.lengths.device)
+    if not torch.equal(got, work.lengths):
+        raise RuntimeError(f"The forced stop did not hold: lengths {got.tolist()} != {work.lengths.tolist()}.")
+    batch, width, device = len(out.completion_ids), int(got.max()), work.prompt_ids.device
+    work.completions = torch.full((batch, width), work.pad_id, dtype=torch.long, device=device)
+    work.completion_mask = torch.zeros((batch, width), dtype=torch.long, device=device)
+    work.rollout_logps = torch.zeros((batch, width), device=device)
+    work.rollout_entropies = torch.zeros((batch, width), device=device)
+    for row, (ids, logps, ents) in enumerate(zip(out.completion_ids, out.logprobs, out.entropies)):
+        work.completions[row, : len(ids)] = torch.tensor(ids, device=device)
+        work.completion_mask[row, : len(ids)] = 1
+        work.rollout_logps[row, : len(ids)] = torch.tensor(logps, device=device)
+        work.rollout_entropies[row, : len(ids)] = torch.tensor(ents, device=device)
+    advantages = torch.randn(batch, generator=torch.Generator().manual_seed(work.seed + 2))
+    work.advantages = (advantages / advantages.std()).to(device)
+    work.fast_mask = high_entropy_mask(work.rollout_entropies, work.completion_mask, quantile)
 
 
 def _canvases(work: Workload, score_mask: torch.Tensor, chunk_size: int) -> ARScoringCanvases:

@@ -28,9 +28,9 @@ from .measure import (
     zero_grads,
 )
 from .models import DEFAULT_SIZES, MODEL_SHAPES, build_model, count_params, forward_flops
-from .phases import phase_table
+from .phases import fill_scoring_inputs, phase_table
 from .report import format_report
-from .workload import Workload, fill_scoring_inputs, make_workload
+from .workload import Workload, make_workload
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,5 +1,6 @@
 """The inputs of one benchmark run: prompts, drawn completion lengths, completions, advantages and the
-JustGRPO-Fast selection, shared by the baseline and ours."""
+JustGRPO-Fast selection, shared by the baseline and ours. Data only: the phases (`phases.py`, `baselines.py`) run on
+it, and `phases.fill_scoring_inputs` fills its scoring inputs from one rollout."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import torch
 from justgrpo_trl.models.modeling_llada import LLaDAModelLM
 
 from .models import ForcedStopModel
-from .phases import rollout_ours
 
 
 def draw_lengths(batch: int, gen_length: int, mean_fraction: float, generator: torch.Generator) -> torch.Tensor:
@@ -103,24 +103,3 @@ def high_entropy_mask(entropies: torch.Tensor, mask: torch.Tensor, quantile: flo
         return torch.zeros_like(mask, dtype=torch.bool)
     threshold = torch.quantile(valid, 1.0 - quantile)
     return (entropies * mask.float() >= threshold) & mask.bool()
-
-
-def fill_scoring_inputs(work: Workload, quantile: float) -> None:
-    """Run our rollout once and keep its completions, sampling log-probs and entropies as the scoring inputs."""
-    out = rollout_ours(work)  # the timed rollout phase, same seed
-    got = torch.tensor([len(c) for c in out.completion_ids], device=work.lengths.device)
-    if not torch.equal(got, work.lengths):
-        raise RuntimeError(f"The forced stop did not hold: lengths {got.tolist()} != {work.lengths.tolist()}.")
-    batch, width, device = len(out.completion_ids), int(got.max()), work.prompt_ids.device
-    work.completions = torch.full((batch, width), work.pad_id, dtype=torch.long, device=device)
-    work.completion_mask = torch.zeros((batch, width), dtype=torch.long, device=device)
-    work.rollout_logps = torch.zeros((batch, width), device=device)
-    work.rollout_entropies = torch.zeros((batch, width), device=device)
-    for row, (ids, logps, ents) in enumerate(zip(out.completion_ids, out.logprobs, out.entropies)):
-        work.completions[row, : len(ids)] = torch.tensor(ids, device=device)
-        work.completion_mask[row, : len(ids)] = 1
-        work.rollout_logps[row, : len(ids)] = torch.tensor(logps, device=device)
-        work.rollout_entropies[row, : len(ids)] = torch.tensor(ents, device=device)
-    advantages = torch.randn(batch, generator=torch.Generator().manual_seed(work.seed + 2))
-    work.advantages = (advantages / advantages.std()).to(device)
-    work.fast_mask = high_entropy_mask(work.rollout_entropies, work.completion_mask, quantile)
