@@ -1,227 +1,30 @@
-"""The sandbox for model-generated code: hostile programs fail, and the calling process is unharmed."""
+"""The code sandbox: the wire, verdicts decided in the judge, executors, isolation modes, and hostile programs
+graded through the isolated executor (what `code_reward` uses): they earn nothing, and the caller is unharmed."""
 
+import json
+import math
 import os
 import resource
-import signal
+import subprocess
+import sys
 import textwrap
 import time
 import warnings
-from pathlib import Path
 
 import pytest
 
-from justgrpo_trl.grading.code import build_test_program, extract_code
-from justgrpo_trl.grading.sandbox import run_untrusted
-
-
-def _live_members(pgid: int) -> list[int]:
-    """Processes of group `pgid` that are not zombies (a zombie has exited; only its parent's reaping is left)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
-def _assert_group_gone(pgid: int) -> None:
-    deadline = time.monotonic() + 3.0
-    while _live_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _live_members(pgid) == []
-
-
-def test_passing_program_passes_and_output_is_captured():
-    result = run_untrusted("def add(a, b):\n    return a + b\nprint('hello')\nassert add(2, 3) == 5\n")
-    assert result.passed and result.returncode == 0 and not result.timed_out
-    assert result.stdout == "hello\n"
-
-
-def test_failing_assert_fails_with_traceback():
-    result = run_untrusted("def add(a, b):\n    return a - b\nassert add(2, 3) == 5\n")
-    assert not result.passed
-    assert result.returncode == 1
-    assert "AssertionError" in result.stderr
-
-
-def test_syntax_error_fails():
-    assert not run_untrusted("def f(:\n    pass\n").passed
-
-
-@pytest.mark.parametrize(
-    "exit_call", ["import sys; sys.exit(0)", "exit(0)", "raise SystemExit", "import os; os._exit(0)"]
+from justgrpo_trl.grading import _wire as wire
+from justgrpo_trl.grading.code import build_code_job, build_test_program, extract_code
+from justgrpo_trl.grading.executor import CodeJob, LocalExecutor, Verdict
+from justgrpo_trl.grading.isolation import (
+    Isolation,
+    IsolationUnavailable,
+    available_isolation,
+    resolve_isolation,
 )
-def test_exiting_zero_before_the_asserts_is_a_failure(exit_call):
-    result = run_untrusted(f"def f():\n    return 1\n{exit_call}\nassert f() == 2\n")
-    assert not result.passed
-    assert result.returncode != 0
+from justgrpo_trl.rewards import make_code_reward
 
-
-def test_printing_a_fake_success_marker_does_not_pass():
-    result = run_untrusted("print('PASSED')\nprint('__SANDBOX_OK__')\nimport os\nos._exit(0)\nassert False\n")
-    assert not result.passed
-
-
-def test_infinite_loop_times_out():
-    start = time.monotonic()
-    result = run_untrusted("while True:\n    pass\n", timeout=1.0)
-    assert result.timed_out and not result.passed
-    assert time.monotonic() - start < 5
-
-
-def test_sleeping_program_is_killed_at_the_wall_clock_timeout():
-    start = time.monotonic()
-    result = run_untrusted("import time\ntime.sleep(30)\n", timeout=1.0)
-    assert result.timed_out and not result.passed
-    assert time.monotonic() - start < 5
-
-
-def test_memory_bomb_fails():
-    result = run_untrusted("chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))\n", memory_mb=256, timeout=3)
-    assert not result.passed
-    assert "MemoryError" in result.stderr
-
-
-def test_gigabytes_of_output_are_capped_and_fail():
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.monotonic()
-    result = run_untrusted(
-        "import sys\nwhile True:\n    sys.stdout.write('x' * 1_000_000)\n",
-        timeout=3,
-        max_output_bytes=10_000,
-        max_file_bytes=8 * 1024 * 1024,
-    )
-    assert not result.passed
-    assert len(result.stdout) <= 10_000
-    assert time.monotonic() - start < 5
-    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    assert rss_after - rss_before < 50 * 1024
-
-
-FORK_BOMB = textwrap.dedent(
-    """
-    import os, time
-    print(os.getpgrp(), flush=True)
-    for _ in range(200):
-        if os.fork() == 0:
-            time.sleep(60)
-            os._exit(0)
-        time.sleep(0.01)
-    """
-)
-
-
-def test_fork_bomb_is_refused_by_the_guard_and_leaves_no_process():
-    result = run_untrusted(FORK_BOMB, timeout=2)
-    assert not result.passed
-    assert "os.fork is disabled" in result.stderr
-    _assert_group_gone(int(result.stdout.split()[0]))
-
-
-def test_fork_bomb_without_guard_is_killed_with_its_process_group():
-    """As root RLIMIT_NPROC does not bind; the timeout and the process-group kill still clean up every child."""
-    result = run_untrusted(FORK_BOMB, timeout=1, guard=False)
-    assert result.timed_out and not result.passed
-    _assert_group_gone(int(result.stdout.split()[0]))
-
-
-def test_subprocess_and_system_are_refused():
-    for code in ("import subprocess\nsubprocess.run(['true'])", "import os\nos.system('true')"):
-        result = run_untrusted(code)
-        assert not result.passed
-        assert "PermissionError" in result.stderr
-
-
-def test_killing_the_parent_is_refused_by_the_guard():
-    result = run_untrusted("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n")
-    assert not result.passed
-    assert "PermissionError" in result.stderr
-
-
-def test_killing_the_parent_only_reaches_the_throwaway_supervisor():
-    code = "import os, signal\nprint(os.getppid(), flush=True)\nos.kill(os.getppid(), signal.SIGKILL)\n"
-    result = run_untrusted(code, guard=False)
-    assert not result.passed
-    assert int(result.stdout.split()[0]) != os.getpid()  # the untrusted code's parent is not this process
-    os.kill(os.getpid(), 0)  # and this process is alive
-
-
-def test_signalling_the_caller_by_pid_is_refused():
-    received = []
-    previous = signal.signal(signal.SIGUSR1, lambda *_: received.append(True))
-    try:
-        for code in (
-            f"import os, signal\nos.kill({os.getpid()}, signal.SIGUSR1)\n",
-            f"import posix, signal\nposix.kill({os.getpid()}, signal.SIGUSR1)\n",
-            f"import ctypes, signal\nctypes.CDLL(None).kill({os.getpid()}, signal.SIGUSR1)\n",
-        ):
-            assert not run_untrusted(code).passed
-        time.sleep(0.1)
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
-    assert received == []
-
-
-@pytest.mark.parametrize(
-    "attack",
-    [
-        "import os\nos.remove({file!r})",
-        "import os\nos.unlink({file!r})",
-        "import posix\nposix.unlink({file!r})",
-        "import shutil\nshutil.rmtree({folder!r})",
-        "import os\nos.rename({file!r}, 'stolen.txt')",
-        "import os\nos.chdir({folder!r})\nos.remove('keep.txt')",
-        "open({file!r}, 'w').write('overwritten')",
-        "import os\nos.symlink({file!r}, 'link')\nopen('link', 'w').write('overwritten')",
-        "import ctypes\nctypes.CDLL(None).unlink({file!r}.encode())",
-    ],
-)
-def test_files_outside_the_sandbox_cannot_be_deleted_or_changed(tmp_path, attack):
-    folder = tmp_path / "outside"
-    folder.mkdir()
-    target = folder / "keep.txt"
-    target.write_text("precious")
-    result = run_untrusted(attack.format(file=str(target), folder=str(folder)))
-    assert not result.passed
-    assert target.read_text() == "precious"
-
-
-def test_files_inside_the_sandbox_directory_work_and_are_removed_afterwards():
-    code = textwrap.dedent(
-        """
-        import os, shutil, tempfile
-        with open("data.txt", "w") as f:
-            f.write("42")
-        assert open("data.txt").read() == "42"
-        os.remove("data.txt")
-        with tempfile.NamedTemporaryFile() as f:
-            f.write(b"x")
-        folder = tempfile.mkdtemp()
-        shutil.rmtree(folder)
-        print(os.getcwd())
-        """
-    )
-    result = run_untrusted(code)
-    assert result.passed, result.stderr
-    assert not Path(result.stdout.strip()).exists()
-
-
-def test_environment_is_scrubbed(monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", "hf_secret")
-    code = "import os\nassert 'HF_TOKEN' not in os.environ\nassert set(os.environ) <= {'PATH', 'LANG', 'LC_ALL', 'HOME', 'TMPDIR', 'OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS', 'LC_CTYPE'}\n"  # noqa: E501
-    result = run_untrusted(code)
-    assert result.passed, result.stderr
-
-
-def test_raising_the_limits_is_refused():
-    result = run_untrusted("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))\n")
-    assert not result.passed
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox's isolation is Linux's")
 
 
 @pytest.mark.parametrize(
@@ -244,33 +47,10 @@ def test_build_program_humaneval_prepends_prompt_for_body_only_completions():
     program = build_test_program("    return a + b\n", prompt=prompt, test=test, entry_point="add")
     assert program.startswith(prompt)
     assert program.rstrip().endswith("check(add)")
-    assert run_untrusted(program).passed
 
 
 def test_build_program_without_tests_is_none():
     assert build_test_program("x = 1") is None
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Verdicts decided in the judge: the wire, HumanEval, MBPP, stdin/stdout, executors, isolation modes
-# --------------------------------------------------------------------------------------------------------------
-
-import json  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-
-from justgrpo_trl.grading import _wire as wire  # noqa: E402
-from justgrpo_trl.grading.code import build_code_job  # noqa: E402
-from justgrpo_trl.grading.executor import CodeJob, LocalExecutor, Verdict  # noqa: E402
-from justgrpo_trl.grading.isolation import (  # noqa: E402
-    Isolation,
-    IsolationUnavailable,
-    available_isolation,
-    resolve_isolation,
-)
-from justgrpo_trl.rewards import make_code_reward  # noqa: E402
-
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox's isolation is Linux's")
 
 
 @pytest.mark.parametrize(
@@ -384,6 +164,14 @@ def test_humaneval_program_keeps_the_prompt_code_for_a_restated_function():
 def _grade(executor, code, **columns):
     (verdict,) = executor.run([build_code_job(code, **columns)])
     return verdict
+
+
+@linux_only
+def test_humaneval_body_only_completion_continues_the_prompt(executor):
+    prompt = 'def add(a, b):\n    """Add two numbers."""\n'
+    test = "def check(candidate):\n    assert candidate(2, 3) == 5\n"
+    assert _grade(executor, "    return a + b\n", prompt=prompt, test=test, entry_point="add").passed
+    assert not _grade(executor, "    return a - b\n", prompt=prompt, test=test, entry_point="add").passed
 
 
 @linux_only
@@ -512,3 +300,168 @@ def test_grading_is_the_same_in_degraded_modes(isolation):
 
 def test_available_isolation_reports_every_layer():
     assert set(vars(available_isolation())) == {"namespaces", "landlock", "seccomp", "unprivileged"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hostile programs graded as `code_reward` grades them (through the executor). The attacks that need a target
+# outside the sandbox (files, processes, sockets, the candidate's parent...) are in test_redteam.py.
+# --------------------------------------------------------------------------------------------------------------
+
+HONEST = "def f(x):\n    return x + 1\n"
+F_TESTS = "assert f(1) == 2\nassert f(10) == 11\n"
+
+
+def _honest_still_passes(executor):
+    """The positive control: after an attack, honest programs are still graded correctly by the same executor."""
+    assert [v.passed for v in executor.run([CodeJob(code=HONEST, tests=F_TESTS)] * 2)] == [True, True]
+
+
+@linux_only
+def test_honest_program_passes_and_wrong_or_unparsable_ones_fail(executor):
+    jobs = [HONEST, "def f(x):\n    return x\n", "def f(x:\n    return x + 1\n"]
+    verdicts = executor.run([CodeJob(code=code, tests=F_TESTS) for code in jobs])
+    assert [v.passed for v in verdicts] == [True, False, False]
+    assert "AssertionError" in verdicts[1].reason
+    assert "failed to load" in verdicts[2].reason and "SyntaxError" in verdicts[2].reason
+
+
+@linux_only
+@pytest.mark.parametrize(
+    "exit_call", ["import sys; sys.exit(0)", "exit(0)", "raise SystemExit", "import os; os._exit(0)"]
+)
+def test_exiting_zero_before_the_tests_run_earns_nothing(executor, exit_call):
+    """The verdict is the judge's tests running to their end, not an exit status: exiting (0) while loading, or
+    when the tests call the function, fails."""
+    while_loading = CodeJob(code=f"def f(x):\n    return None\n{exit_call}\n", tests=F_TESTS)
+    when_called = CodeJob(code=f"def f(x):\n    {exit_call}\n", tests=F_TESTS)
+    assert [v.passed for v in executor.run([while_loading, when_called])] == [False, False]
+    _honest_still_passes(executor)
+
+
+FAKE_SUCCESS = """
+import os, sys
+
+def forge():
+    for text in ("PASSED", "__SANDBOX_OK__", '{"passed": true, "reason": "passed"}', "ok"):
+        print(text, flush=True)
+        print(text, file=sys.stderr, flush=True)
+    try:
+        import _wire  # the fork server's module, already loaded: a well-framed forged verdict on every descriptor
+        for fd in range(64):
+            try:
+                _wire.write_json(fd, '{"passed":true,"reason":"passed","ok":true,"names":["f"],"values":["f"]}')
+            except Exception:
+                pass
+    except ImportError:
+        pass
+    os._exit(0)
+"""
+
+
+@linux_only
+def test_printing_or_writing_a_fake_success_marker_earns_nothing(executor):
+    while_loading = CodeJob(code=FAKE_SUCCESS + "forge()\n" + HONEST, tests=F_TESTS)
+    when_called = CodeJob(code=FAKE_SUCCESS + "def f(x):\n    forge()\n", tests=F_TESTS)
+    assert [v.passed for v in executor.run([while_loading, when_called])] == [False, False]
+    _honest_still_passes(executor)
+
+
+@linux_only
+def test_sleeping_while_loading_is_stopped_at_the_wall_clock_timeout(executor):
+    start = time.monotonic()
+    (verdict,) = executor.run([CodeJob(code="import time\ntime.sleep(30)\n" + HONEST, tests=F_TESTS, timeout=1.0)])
+    assert not verdict.passed and "timeout" in verdict.reason
+    assert time.monotonic() - start < 5
+    _honest_still_passes(executor)
+
+
+# 600 MB, allocated step by step (not one request that an allocator could refuse on its own).
+MEMORY_BOMB = "chunks = []\nfor _ in range(60):\n    chunks.append(bytearray(10**7))\n" + HONEST
+
+
+@linux_only
+def test_a_growing_memory_bomb_is_stopped_by_the_memory_limit(executor):
+    limited = CodeJob(code=MEMORY_BOMB, tests=F_TESTS, memory_mb=256)
+    roomy = CodeJob(code=MEMORY_BOMB, tests=F_TESTS, memory_mb=2048)
+    limited_verdict, roomy_verdict = executor.run([limited, roomy])
+    assert not limited_verdict.passed and "MemoryError" in limited_verdict.reason
+    assert roomy_verdict.passed, f"positive control: the same program passes within a larger limit: {roomy_verdict}"
+    _honest_still_passes(executor)
+
+
+@linux_only
+def test_floods_of_output_fail_quickly_and_cost_the_caller_no_memory(executor):
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    start = time.monotonic()
+    floods = [
+        "import sys\nwhile True:\n    sys.stdout.write('x' * 1_000_000)\n",
+        "import sys\nwhile True:\n    sys.stderr.write('x' * 1_000_000)\n",
+        "def f(x):\n    while True:\n        print('x' * 1_000_000)\n",
+        "import os\ndef f(x):\n    while True:\n        os.write(2, b'x' * 1_000_000)\n",
+    ]
+    verdicts = executor.run([CodeJob(code=code, tests=F_TESTS, timeout=1.0) for code in floods])
+    assert [v.passed for v in verdicts] == [False] * 4
+    assert all(len(v.reason) < 1000 for v in verdicts)
+    assert time.monotonic() - start < 8
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 50 * 1024
+    _honest_still_passes(executor)
+
+
+@linux_only
+def test_files_in_its_own_directory_work_and_are_removed_after_the_job(executor, tmp_path):
+    code = textwrap.dedent(
+        """
+        import os, shutil, tempfile
+        with open("data.txt", "w") as handle:
+            handle.write("42")
+        assert open("data.txt").read() == "42"
+        open("scratch.txt", "w").close()
+        os.remove("scratch.txt")
+        os.makedirs("sub/deeper")
+        open("sub/deeper/kept.txt", "w").write("kept")
+        with tempfile.NamedTemporaryFile() as handle:
+            handle.write(b"x")
+        folder = tempfile.mkdtemp()
+        shutil.rmtree(folder)
+        def f(x):
+            return x + 1
+        """
+    )
+    record = tmp_path / "workdir.txt"
+    # Trusted tests, run in the judge (the script `_judge.py`): they look at the job's directory from outside while
+    # the job runs, and say where it was.
+    tests = textwrap.dedent(
+        f"""
+        workdir = sys.modules["__main__"]._server.workdir
+        assert open(os.path.join(workdir, "data.txt")).read() == "42"
+        assert open(os.path.join(workdir, "sub", "deeper", "kept.txt")).read() == "kept"
+        assert not os.path.exists(os.path.join(workdir, "scratch.txt"))
+        open({str(record)!r}, "w").write(workdir)
+        assert f(1) == 2
+        """
+    )
+    (verdict,) = executor.run([CodeJob(code=code, tests=tests, setup="import os, sys")])
+    assert verdict.passed, verdict
+    workdir = record.read_text()
+    assert os.path.basename(workdir).startswith("job")
+    assert not os.path.exists(workdir)
+
+
+@linux_only
+def test_the_candidate_sees_none_of_the_trainers_environment(monkeypatch):
+    secret = "hf_" + os.urandom(8).hex()
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    code = "import os\nENV = dict(os.environ)\n" + HONEST
+    allowed = {"PATH", "LANG", "HOME", "TMPDIR", "PWD", "LC_CTYPE"}
+    tests = (
+        "assert ENV.get('PATH')\n"  # the environment is readable and crosses: the checks below are not vacuous
+        f"assert not any({secret!r} in name + value for name, value in ENV.items())\n"
+        f"assert set(ENV) <= {allowed!r}, sorted(ENV)\n" + F_TESTS
+    )
+    # Positive control: in a plain child process (which inherits the environment) the same checks fail.
+    naive = subprocess.run([sys.executable, "-I", "-c", code + tests], capture_output=True, text=True, timeout=30)
+    assert naive.returncode != 0 and "AssertionError" in naive.stderr
+    with LocalExecutor(1) as local:  # its judge starts after the secret was set
+        (verdict,) = local.run([CodeJob(code=code, tests=tests)])
+    assert verdict.passed, verdict

@@ -173,6 +173,15 @@ def _survived(target: Target) -> bool:
     return bool(pids)
 
 
+def _precious_changed(target: Target) -> bool:
+    precious = target.values["outside"] / "precious"
+    return not precious.is_file() or precious.read_text() != "precious"
+
+
+def _created(name: str) -> Callable[[Target], bool]:
+    return lambda target: (target.values["outside"] / name).exists()
+
+
 def _secret_victim(target: Target) -> dict[str, Any]:
     target.values["secret"] = secrets.token_hex(8)
     return _victim(target, env={"PATH": os.environ.get("PATH", ""), "JGRPO_SECRET": target.values["secret"]})
@@ -396,6 +405,121 @@ ATTACKS = [
         _code("OK = b'JGRPO_SECRET=' in open('/proc/{PID}/environ', 'rb').read()"),
         _secret_victim,
     ),
+    # Deleting, moving or changing a file outside, by every path the old in-process guard had to catch one by one.
+    Attack(
+        "remove_outside",
+        _code("import os\nos.remove({OUTSIDE!r} + '/precious')\nOK = True"),
+        _outside,
+        _precious_changed,
+    ),
+    Attack(
+        "rmtree_outside",
+        _code("import shutil\nshutil.rmtree({OUTSIDE!r})\nOK = True"),
+        _outside,
+        _precious_changed,
+    ),
+    Attack(
+        "rename_outside",
+        _code("import os\nos.rename({OUTSIDE!r} + '/precious', 'stolen')\nOK = True"),
+        _outside,
+        _precious_changed,
+    ),
+    Attack(
+        "chdir_then_remove",
+        _code("import os\nos.chdir({OUTSIDE!r})\nos.remove('precious')\nOK = True"),
+        _outside,
+        _precious_changed,
+    ),
+    Attack(
+        "overwrite_outside",
+        _code("open({OUTSIDE!r} + '/precious', 'w').write('overwritten')\nOK = True"),
+        _outside,
+        _precious_changed,
+    ),
+    Attack(
+        "symlink_then_write",
+        _code(
+            """
+            import os
+            os.symlink({OUTSIDE!r} + "/precious", "link")
+            open("link", "w").write("overwritten")
+            OK = True
+            """
+        ),
+        _outside,
+        _precious_changed,
+    ),
+    Attack(
+        "ctypes_unlink",
+        _code("import ctypes\nOK = ctypes.CDLL(None).unlink(({OUTSIDE!r} + '/precious').encode()) == 0"),
+        _outside,
+        _precious_changed,
+    ),
+    Attack("ctypes_kill", _code("import ctypes\nOK = ctypes.CDLL(None).kill({PID}, 9) == 0"), _victim, _victim_died),
+    Attack(
+        "kill_parent",  # the naive control runs under a throwaway shell (see `_run_naively`), which this kills
+        _code(
+            """
+            import os, signal, time
+            parent = os.getppid()
+            os.kill(parent, signal.SIGKILL)
+            for _ in range(50):  # orphaned: adopted by another process once the parent is dead
+                if os.getppid() != parent:
+                    break
+                time.sleep(0.01)
+            OK = os.getppid() != parent
+            """
+        ),
+    ),
+    Attack(
+        "fork_bomb",
+        _code(
+            """
+            import ctypes, os, time
+            for _ in range(30):
+                if os.fork() == 0:
+                    for fd in (0, 1, 2):
+                        os.close(fd)
+                    ctypes.CDLL(None).prctl(15, {NAME!r}.encode(), 0, 0, 0)
+                    time.sleep(30)
+                    os._exit(0)
+            OK = True
+            """
+        ),
+        _survivor,
+        _survived,
+    ),
+    Attack(
+        "subprocess_run",
+        _code(
+            """
+            import os, subprocess, sys
+            spawned = {OUTSIDE!r} + "/spawned"
+            subprocess.run([sys.executable, "-c", "open(%r, 'w').close()" % spawned], timeout=5)
+            OK = os.path.exists(spawned)
+            """
+        ),
+        _outside,
+        _created("spawned"),
+    ),
+    Attack(
+        "os_system",
+        _code("import os\nos.system('touch {OUTSIDE}/system')\nOK = os.path.exists({OUTSIDE!r} + '/system')"),
+        _outside,
+        _created("system"),
+    ),
+    Attack(
+        "raise_rlimits",
+        _code(
+            """
+            import resource
+            unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+            resource.setrlimit(resource.RLIMIT_AS, unlimited)
+            resource.setrlimit(resource.RLIMIT_CPU, unlimited)
+            OK = resource.getrlimit(resource.RLIMIT_AS) == resource.getrlimit(resource.RLIMIT_CPU) == unlimited
+            """
+        ),
+    ),
 ]
 
 NAIVE_HARNESS = """
@@ -414,8 +538,10 @@ def _run_naively(code: str, tmp: Path) -> bool:
     token = "tok-" + secrets.token_hex(8)
     cwd = tmp / f"naive-{token}"
     cwd.mkdir()
+    # Under a throwaway shell (not `exec`ed: a command follows), so that an attack on its parent kills that shell,
+    # never pytest.
     result = subprocess.run(
-        [sys.executable, "-I", "-c", NAIVE_HARNESS, token, code, TESTS],
+        ["sh", "-c", '"$0" -I -c "$1" "$2" "$3" "$4"; exit 0', sys.executable, NAIVE_HARNESS, token, code, TESTS],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -474,9 +600,25 @@ def test_attack_works_unsandboxed_and_fails_in_the_sandbox(attack, tmp_path, ful
 # Without Landlock, a job may write beside its own directory (inside the sandbox's, removed after each job).
 _DEGRADED_REWARD_ALLOWED = {
     ("seccomp", "fork_setsid_survivor"),
+    ("seccomp", "fork_bomb"),
     ("seccomp", "udp_sendmsg"),
     ("landlock", "plant_files_beside_its_directory"),
 }
+
+
+def _landlock_abi() -> int:
+    try:
+        import landlock
+
+        return landlock.landlock_abi_version()
+    except Exception:  # noqa: BLE001  (no Landlock: version 0)
+        return 0
+
+
+# Without namespaces the candidate's parent is its fork server, which runs as the same user; only Landlock's signal
+# scoping (ABI 6, Linux 6.12) refuses that kill. On older kernels the server dies and the judge starts another.
+if _landlock_abi() < 6:
+    _DEGRADED_REWARD_ALLOWED.add(("namespaces", "kill_parent"))
 GOOD = CodeJob(code="def f(x):\n    return x + 1\n", tests=TESTS)
 
 

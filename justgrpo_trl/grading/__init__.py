@@ -14,11 +14,9 @@ from .math import (
     math_equal_batch,
     normalize_answer,
 )
-from .sandbox import SandboxResult, run_untrusted
 from .symbolic import symbolic_equal
 
 __all__ = [
-    "SandboxResult",
     "build_test_program",
     "extract_answer",
     "extract_boxed",
@@ -29,6 +27,5 @@ __all__ = [
     "math_equal",
     "math_equal_batch",
     "normalize_answer",
-    "run_untrusted",
     "symbolic_equal",
 ]
