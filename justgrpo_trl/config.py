@@ -140,7 +140,7 @@ class JustGRPOConfig(GRPOConfig):
             "dominate: 'dual', r=4, 'recompute'. The sampling log-probs are then approximate and each token's "
             "policy term is importance-weighted (rollout_cache_importance_sampling_*); watch the logged ratio "
             "metrics, the staleness depends on the model. Not under FSDP or ZeRO-3 without "
-            "ds3_gather_for_generation. The README has the measured speed, fidelity and RL accuracy."
+            "ds3_gather_for_generation. docs/rollout_cache.md has the measured speed, fidelity and RL accuracy."
         },
     )
     rollout_cache_refresh: int = field(

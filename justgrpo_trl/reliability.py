@@ -283,7 +283,7 @@ class RunReliabilityMixin:
                 f"output_dir is not shared with the first machine: {final} on this machine holds only what its own "
                 "processes wrote (e.g. their ZeRO partitions). To resume from per-machine disks, set "
                 "save_on_each_node=True (and DeepSpeed's checkpoint.use_node_local_storage=true) so that every "
-                "machine also has the model, trainer state and DeepSpeed's `latest` tag; see the README, multi-node."
+                "machine also has the model, trainer state and DeepSpeed's `latest` tag (docs/engines.md#multi-node)."
             )
         if self.state.best_model_checkpoint == staging:
             self.state.best_model_checkpoint = final

@@ -36,7 +36,6 @@ from .chunked_backward import (
 )
 from .config import JustGRPOConfig
 from .estimators import EstimatorContext, ScoringBatch, estimator_for
-from .estimators.base import pad_lists
 from .estimators.scoring import target_logps
 from .models import apply_chat_template_fix, get_spec, resolve_special_tokens
 from .reliability import RunReliabilityMixin
@@ -112,7 +111,6 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
             )
         )
         self._forward_redirection = _ForwardRedirection()
-        self._pending_sampling_logps: tuple[list[list[float]], list[list[int]]] | None = None
         self._scored: tuple[torch.Tensor, torch.Tensor] | None = None
         self._chunked_backward_blocker = chunked_backward_blockers(self, self.estimator.chunkable)
         if args.chunked_backward and self._chunked_backward_blocker:
@@ -149,12 +147,7 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
             self.accelerator.autocast(),
         ):
             output = self.estimator.rollout(unwrapped_model, prompt_ids, self.temperature)
-        # TRL's old-log-prob pass may reuse the sampler's log-probs when they are the exact ones.
-        generate_every = self.args.steps_per_generation * self.num_iterations
-        old_logps_needed = self.args.gradient_accumulation_steps % generate_every != 0
-        reuse = self.args.reuse_sampling_logprobs or self.estimator.requires_sampling_logprobs
-        if reuse and self.estimator.sampling_logprobs_exact and old_logps_needed and self.model.training:
-            self._pending_sampling_logps = (output.logprobs, output.completion_ids)
+        self.estimator.keep_sampling_logps(output, self.model.training)
         return self.estimator.completions_for_trl(output)
 
     def _generate(self, prompts: list):
@@ -196,16 +189,14 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
         if self._scored is not None:  # `_chunked_backward_loss` already scored this batch
             (logps, entropies), self._scored = self._scored, None
             return logps, (entropies if compute_entropy else None), (logps.new_zeros(()) if compute_aux_loss else None)
-        cached = self._take_sampling_logps(input_ids, logits_to_keep)
+        cached = self.estimator.take_sampling_logps(input_ids, logits_to_keep)
         if cached is not None:
             return cached, None, None
-        batch = self._scoring_batch(input_ids, attention_mask, input_ids.size(1) - logits_to_keep)
+        prompt_width = input_ids.size(1) - logits_to_keep
+        batch = ScoringBatch(input_ids, attention_mask, prompt_width, self.temperature, self.model.training)
         logps, entropies = self.estimator.logps(partial(self._call_model, model), batch)
         aux_loss = logps.new_zeros(()) if compute_aux_loss else None
         return logps, (entropies if compute_entropy else None), aux_loss
-
-    def _scoring_batch(self, input_ids, attention_mask, prompt_width: int) -> ScoringBatch:
-        return ScoringBatch(input_ids, attention_mask, prompt_width, self.temperature, self.model.training)
 
     def _policy_logps(self, inputs) -> torch.Tensor:
         """A micro-batch's log-probs under the policy, scored once: TRL's `_compute_loss` takes them from `_scored`."""
@@ -224,19 +215,6 @@ class JustGRPOTrainer(RunReliabilityMixin, GRPOTrainer):
         if unwrapped is model:
             return function(unwrapped, *args)
         return self._forward_redirection(model, unwrapped, partial(function, unwrapped), *args)
-
-    def _take_sampling_logps(self, input_ids: torch.Tensor, width: int) -> torch.Tensor | None:
-        """The rollout's log-probs, if this call is TRL's old-log-prob pass over exactly that rollout."""
-        pending, self._pending_sampling_logps = self._pending_sampling_logps, None
-        if pending is None or torch.is_grad_enabled():
-            return None
-        logps, completions = pending
-        if input_ids.size(0) != len(completions):
-            return None
-        for row, ids in zip(input_ids[:, input_ids.size(1) - width :].tolist(), completions):
-            if row[: len(ids)] != ids:
-                return None
-        return pad_lists(logps, width, self.accelerator.device)
 
     def _forwards_are_collective(self, generation: bool = True) -> bool:
         """Under FSDP, and under ZeRO-3 (in generation, unless its weights are gathered for it), every forward

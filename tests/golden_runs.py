@@ -6,7 +6,12 @@ A refactor that moves code without changing behaviour must leave every line of t
     python tests/golden_runs.py --check tests/golden/golden_runs.json             # compare (exit 1 on a difference)
 
 The runs are bitwise reproducible on one machine and one torch build (one thread); another CPU may round
-differently, so this is a tool for a refactor, not a test of the suite.
+differently (grad norms in the 4th digit), so this is a tool for a refactor, not a test of the suite. On another
+machine, record the baseline there from the commit before the refactor, then check the refactor against it:
+
+    git worktree add /tmp/before <commit>
+    (cd /tmp/before && PYTHONPATH=. python tests/golden_runs.py --output /tmp/g.json)
+    python tests/golden_runs.py --check /tmp/g.json
 """
 
 import argparse

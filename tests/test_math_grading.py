@@ -62,7 +62,7 @@ GRADING_TABLE = [
     (r"\boxed{\sqrt{8}}", r"2\sqrt{2}", True),
     (r"\boxed{x^2+2x+1}", "(x+1)^2", True),
     (r"\boxed{2\pi}", "6.283185", True),
-    (r"\boxed{2\pi}", "6.2832", False),  # math-verify rounds floats to 6 decimals (README, "Math grading")
+    (r"\boxed{2\pi}", "6.2832", False),  # math-verify rounds floats to 6 decimals (docs/math_grading.md)
     (r"\boxed{\frac{\pi}{2}}", r"\frac{2\pi}{4}", True),
     (r"\boxed{\sqrt{2}}", r"\sqrt{3}", False),
     (r"\boxed{x^2-1}", "(x-1)(x+1)", True),
@@ -262,7 +262,7 @@ def test_boxed_units_and_percent_in_completions():
 
 
 # Where this grader and math-verify (run on the same strings, each as a `\boxed{}`) disagree, and who is right.
-# (prediction, gold, ours, math-verify's, why ours is what it is). Also in README, "Math grading".
+# (prediction, gold, ours, math-verify's, why ours is what it is). Also in docs/math_grading.md.
 MATH_VERIFY_DISAGREEMENTS = [
     ("(1,2)", r"\{1,2\}", False, True, "ours: an interval/tuple is not a set"),
     (r"\sqrt13", r"\sqrt{13}", True, False, "ours: MATH's gold writes sqrt(13) so; math-verify reads TeX's sqrt(1)3"),

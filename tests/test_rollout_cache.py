@@ -317,11 +317,11 @@ def test_correction_is_off_for_exact_rollouts_and_the_sampler_is_marked_approxim
     assert exact.estimator.correction is None and exact.estimator.sampling_logprobs_exact
     model.train()
     rollout(exact, prompt_ids(tokenizer)[:2])
-    assert exact._pending_sampling_logps is not None
+    assert exact.estimator._sampling_logps is not None
     cached = _cached_trainer(model, tokenizer, tmp_path, num_iterations=2)
     assert cached.estimator.correction is not None and not cached.estimator.sampling_logprobs_exact
     rollout(cached, prompt_ids(tokenizer)[:2])
-    assert cached._pending_sampling_logps is None
+    assert cached.estimator._sampling_logps is None
 
 
 def test_cache_options_are_validated(stop_heavy_model, tmp_path):

@@ -223,6 +223,7 @@ class Estimator:
         self.context = context
         self.records = RolloutRecords()
         self._past_stop: tuple[list[list[int]], list[list[float]]] | None = None
+        self._sampling_logps: tuple[list[list[float]], list[list[int]]] | None = None
 
     @classmethod
     def check_config(cls, args: JustGRPOConfig) -> None:
@@ -266,6 +267,29 @@ class Estimator:
         """Whether the rollout's recorded log-probs are this estimator's exact log-probs under the sampling weights,
         so that TRL's old-log-prob pass may reuse them. An approximate sampler (a cached rollout) must say False."""
         return True
+
+    def keep_sampling_logps(self, output: DecodeOutput, training: bool) -> None:
+        """Keep a training rollout's log-probs for TRL's old-log-prob pass, which then reuses them instead of scoring
+        (`take_sampling_logps`), when they are the exact ones and the options ask for it."""
+        args = self.context.args
+        old_logps_needed = args.gradient_accumulation_steps % (args.steps_per_generation * args.num_iterations) != 0
+        reuse = args.reuse_sampling_logprobs or self.requires_sampling_logprobs
+        keep = reuse and self.sampling_logprobs_exact and old_logps_needed and training
+        self._sampling_logps = (output.logprobs, output.completion_ids) if keep else None
+
+    def take_sampling_logps(self, input_ids: torch.Tensor, width: int) -> torch.Tensor | None:
+        """The kept rollout log-probs `[B, width]`, if this call is TRL's old-log-prob pass (no gradient) over exactly
+        that rollout; None otherwise. They are handed out once."""
+        pending, self._sampling_logps = self._sampling_logps, None
+        if pending is None or torch.is_grad_enabled():
+            return None
+        logps, completions = pending
+        if input_ids.size(0) != len(completions):
+            return None
+        for row, ids in zip(input_ids[:, input_ids.size(1) - width :].tolist(), completions):
+            if row[: len(ids)] != ids:
+                return None
+        return pad_lists(logps, width, self.context.device)
 
     @property
     def sampling(self) -> SamplingFilter | None:

@@ -3,7 +3,7 @@
 This module is standalone (standard library at import time, sympy and latex2sympy2_extended only inside
 `symbolic_equal`): the grading fork server loads it by path to run the symbolic step in a child process, and
 `justgrpo_trl.grading.reference` imports it for everything else. It reproduces the reference's behaviour,
-including where this project's grader disagrees on purpose (see README, "Math grading"):
+including where this project's grader disagrees on purpose (see docs/math_grading.md):
 
 * extraction: a minerva-style "final answer is $...$. I hope" span, else the last "boxed" (an unclosed box runs to
   the end of the text), else everything after the last "he answer is" / "final answer is", else the last number;

@@ -169,7 +169,7 @@ def resolve_isolation(requested: Isolation | None = None, *, require_full: bool 
         lacking = missing + [name for name in FEATURES if not getattr(requested, name)]
         raise IsolationUnavailable(
             f"Full code-sandbox isolation is required, but these layers are unavailable or off: {lacking}. "
-            "See the README section 'Code sandbox'."
+            "See docs/sandbox.md."
         )
     if missing and tuple(missing) not in _warned:
         _warned.add(tuple(missing))

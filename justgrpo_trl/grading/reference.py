@@ -1,10 +1,11 @@
 """Reference-compatible math grading: the JustGRPO paper's grader rules, to compare with published numbers.
 
 The paper reports accuracies from a Qwen-Math-style `extract_answer` + `math_equal` (rules in
-`justgrpo_trl.grading._reference_rules`). They differ from this project's grader in both directions (README, "Math
-grading"), e.g. the reference accepts `50` for a gold `0.5` (×100 / ÷100), strips unit words including single
-letters, takes everything after "the answer is", ignores bracket kinds in intervals, and keeps the relative 1e-4
-tolerance on integers (`12346` == `12345`). Use it to report like-for-like numbers, never as a training reward.
+`justgrpo_trl.grading._reference_rules`). They differ from this project's grader in both directions
+(docs/math_grading.md), e.g. the reference accepts `50` for a gold `0.5` (×100 / ÷100), strips unit words
+including single letters, takes everything after "the answer is", ignores bracket kinds in intervals, and keeps
+the relative 1e-4 tolerance on integers (`12346` == `12345`). Use it to report like-for-like numbers, never as a
+training reward.
 
 Cheap checks run in-process; the sympy step runs in the grading fork server (`justgrpo_trl.grading.symbolic`),
 the batch under one deadline, like the project's grader.
