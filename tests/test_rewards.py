@@ -110,12 +110,15 @@ def test_code_reward_humaneval_rows():
     assert rewards == [1.0, 1.0, 0.0, 0.0]
 
 
-def test_code_reward_humaneval_conversational_prompt():
+def test_code_reward_humaneval_conversational_prompt_takes_its_code_from_the_code_prefix_column():
+    """A conversational prompt's messages are never trusted code (an earlier turn may be a model's): the prompt's
+    code comes from a `code_prefix` column; without one a body-only completion has no stub to continue."""
     prompt = [{"role": "user", "content": f"Complete this function:\n```python\n{HUMANEVAL_PROMPT}```"}]
-    rewards = code_reward(
-        prompts=[prompt], completions=[_chat("    return a + b\n")], test=[HUMANEVAL_TEST], entry_point=["add"]
-    )
-    assert rewards == [1.0]
+    columns = {"test": [HUMANEVAL_TEST] * 2, "entry_point": ["add"] * 2}
+    body, whole = _chat("    return a + b\n"), _chat("```python\ndef add(a, b):\n    return a + b\n```")
+    assert code_reward(prompts=[prompt] * 2, completions=[body, whole], **columns) == [0.0, 1.0]
+    prefix = [HUMANEVAL_PROMPT] * 2
+    assert code_reward(prompts=[prompt] * 2, completions=[body, whole], code_prefix=prefix, **columns) == [1.0, 1.0]
 
 
 def test_code_reward_mbpp_rows_with_setup_code():
@@ -140,10 +143,10 @@ def test_code_reward_acecode_rows_and_rows_without_tests():
 
 
 def test_code_reward_runs_in_parallel():
-    sleepy = "```python\nimport time\ntime.sleep(0.5)\n```"
+    sleepy = "```python\nimport time\ntime.sleep(0.5)\ndef one():\n    return 1\n```"
     reward = make_code_reward(num_workers=4, timeout=3)
     start = time.monotonic()
-    rewards = reward(prompts=["p"] * 4, completions=[sleepy] * 4, test_cases=[["assert True"]] * 4)
+    rewards = reward(prompts=["p"] * 4, completions=[sleepy] * 4, test_cases=[["assert one() == 1"]] * 4)
     assert rewards == [1.0] * 4
     assert time.monotonic() - start < 1.8  # 4 x 0.5 s one after another would take over 2 s
 

@@ -29,13 +29,16 @@ from typing import Any
 
 if __package__:
     from . import _wire as wire
-    from .isolation import Isolation, candidate_launch, seccomp_program
+    from .isolation import Isolation, candidate_launch, sandbox_as_nobody, seccomp_program, stage_paths
 else:  # started as a script: import the sibling modules alone, not the package (which loads torch)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import _wire as wire
-    from isolation import Isolation, candidate_launch, seccomp_program
+    from isolation import Isolation, candidate_launch, sandbox_as_nobody, seccomp_program, stage_paths
 
 MAX_STDERR_BYTES = 4096
+MAX_REASON_CHARS = 500  # a verdict's reason quotes the candidate (an exception's message): never at length
+MAX_TASKS = 32  # processes and threads of one job (with namespaces counted for that job alone)
+WORKDIR_BYTES, WORKDIR_INODES = 64 * 1024 * 1024, 4096  # a job's own tmpfs (with namespaces)
 
 
 class CandidateFailure(BaseException):
@@ -159,16 +162,26 @@ def _run_tests(job: dict[str, Any], channel: _Channel, candidate_names: list[str
     namespace: dict[str, Any] = {"__name__": "__judge__", "__builtins__": builtins}
     exec(compile(job.get("setup") or "", "<setup>", "exec"), namespace)
     entry_point = job.get("entry_point")
-    # Never a builtin: a candidate's own `abs` or `isinstance` must not stand in for the one the tests call.
-    wanted = {name for name in _loaded_names(job["tests"]) if name not in namespace and not hasattr(builtins, name)}
+    loaded = {name for name in _loaded_names(job["tests"]) if name not in namespace}
+    # A builtin name stays the builtin: a candidate's own `abs` or `isinstance` must not stand in for the one the
+    # tests call around the function under test...
+    wanted = {name for name in loaded if not hasattr(builtins, name)}
     if entry_point:
         if entry_point not in candidate_names:
             raise NameError(f"the candidate does not define {entry_point}")
         wanted.add(entry_point)
-    for name in wanted & set(candidate_names):
+    functions = wanted & set(candidate_names)
+    if not functions:
+        # ...unless the function under test has a builtin's name (an MBPP task to write `pow`): when the tests call
+        # none of the candidate's other functions, the builtin-named ones it defines are what they test.
+        functions = loaded & set(candidate_names)
+    for name in functions:
         namespace[name] = Proxy(channel, name)
-    for name in sorted(wanted & set(values) - set(candidate_names)):  # plain-value globals the tests read
+    fetched = sorted(wanted & set(values) - set(candidate_names))  # plain-value globals the tests read
+    for name in fetched:
         namespace[name] = _fetch(channel, name)
+    if not functions and not fetched:
+        raise NameError("the tests use nothing the candidate defines")  # a verdict that cannot depend on it
     exec(compile(job["tests"], "<tests>", "exec"), namespace)
 
 
@@ -186,29 +199,35 @@ class _Server:
     across jobs. One job at a time: `start` hands it the job's code, confinement and pipes; `finish` makes it kill
     everything the job started and confirm."""
 
-    def __init__(self, isolation: Isolation):
+    def __init__(self, isolation: Isolation, host_root: str | None):
         self.isolation = isolation
-        self.root = tempfile.mkdtemp(prefix="justgrpo-sandbox-")
+        self.root = None  # the host directory of the jobs: without namespaces only
+        if not isolation.namespaces and host_root is not None:
+            self.root = os.path.join(host_root, "jobs")
+            os.makedirs(self.root, exist_ok=True)
         self.jobs = 0
         self.workdir: str | None = None
         self.sent: bool | None = False  # the current job: not sent, sent, or broken off while sending
         self.control, theirs = socket.socketpair()
         self.process: subprocess.Popen | None = None
+        launch = None
         try:
-            self.launch = candidate_launch(isolation, self.root, theirs.fileno())
-            if self.launch.user is not None:
-                os.chown(self.root, self.launch.user, self.launch.user)
+            staged = _staged(host_root) if sandbox_as_nobody(isolation) else None
+            self.launch = launch = candidate_launch(isolation, theirs.fileno(), self.root, staged)
+            if self.root is not None and launch.user is not None:
+                os.chown(self.root, launch.user, launch.user)
             self.process = subprocess.Popen(
                 self.launch.argv,
+                executable=self.launch.executable,
                 user=self.launch.user,
                 group=self.launch.user,
                 extra_groups=[] if self.launch.user is not None else None,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": self.launch.workdir},
-                cwd=self.root,
+                cwd=self.root or "/",
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
+                pass_fds=(theirs.fileno(), *self.launch.fds),
                 start_new_session=True,
             )
         except BaseException:
@@ -216,6 +235,8 @@ class _Server:
             raise
         finally:
             theirs.close()
+            for fd in launch.fds if launch is not None else ():
+                os.close(fd)
 
     @property
     def alive(self) -> bool:
@@ -224,12 +245,14 @@ class _Server:
     def start(self, job: dict[str, Any], timeout: float, stderr: Any) -> tuple[int, int]:
         """Send one job; returns the judge's ends of its pipes (requests, replies)."""
         self.jobs += 1
-        name = f"job{self.jobs}-{os.urandom(6).hex()}"  # unguessable: a job cannot prepare the next one's
-        self.workdir = workdir = os.path.join(self.root, name)
-        os.mkdir(workdir)
-        if self.launch.user is not None:
-            os.chown(workdir, self.launch.user, self.launch.user)
-        inner = f"{self.launch.workdir}/{name}"
+        inner = self.launch.workdir  # with namespaces: the job's own tmpfs
+        if self.root is not None:
+            name = f"job{self.jobs}-{os.urandom(6).hex()}"  # unguessable: a job cannot prepare the next one's
+            self.workdir = workdir = os.path.join(self.root, name)
+            os.mkdir(workdir)
+            if self.launch.user is not None:
+                os.chown(workdir, self.launch.user, self.launch.user)
+            inner = f"{self.launch.workdir}/{name}"
         memory_mb = int(job.get("memory_mb", 1024))
         landlock = None
         if self.launch.landlock is not None:
@@ -240,8 +263,12 @@ class _Server:
                 "cpu_seconds": int(timeout) + 1,
                 "file_bytes": 16 * 1024 * 1024,
                 "open_files": 256,
-                "processes": None,
+                "processes": MAX_TASKS,
             },
+            "job_namespaces": self.isolation.namespaces,
+            "own_user": self.isolation.unprivileged,
+            "workdir_bytes": WORKDIR_BYTES,
+            "workdir_inodes": WORKDIR_INODES,
             "landlock": landlock,
             "seccomp": seccomp_program() if self.isolation.seccomp else None,
             "workdir": inner,
@@ -284,12 +311,8 @@ class _Server:
             self.sent = False
             self.control.settimeout(None)
             self.workdir = None
-            for entry in os.listdir(self.root):  # the job's directory, and anything it left beside it
-                path = os.path.join(self.root, entry)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    os.unlink(path)
+            if self.root is not None:
+                _empty(self.root)  # the job's directory, and anything it left beside it
 
     def close(self) -> None:
         """Kill the server and its sandbox (bubblewrap's PID namespace takes every process with it)."""
@@ -300,10 +323,36 @@ class _Server:
             except (ProcessLookupError, PermissionError):
                 pass
             self.process.wait()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if self.root is not None:
+            _empty(self.root)
+
+
+_staged_paths: dict[str, str] | None = None
+
+
+def _staged(host_root: str | None) -> dict[str, str]:
+    """`isolation.stage_paths`, once per judge (its binds live as long as this process's mount namespace)."""
+    global _staged_paths
+    if _staged_paths is None:
+        if host_root is None:
+            raise OSError("a root judge needs a directory (--root) to make its paths reachable by nobody")
+        os.makedirs(os.path.join(host_root, "stage"))  # never emptied here: it holds binds of the paths staged
+        _staged_paths = stage_paths(os.path.join(host_root, "stage"))
+    return _staged_paths
+
+
+def _empty(root: str) -> None:
+    """Remove everything under `root` (the executor removes `root` itself when this judge is gone)."""
+    for entry in os.listdir(root):
+        path = os.path.join(root, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
 
 
 _server: _Server | None = None
+_host_root: str | None = None  # the executor's directory for this judge (see `executor._Worker`)
 
 
 def _get_server(isolation: Isolation) -> _Server:
@@ -312,7 +361,9 @@ def _get_server(isolation: Isolation) -> _Server:
         _server.close()
         _server = None
     if _server is None:
-        _server = _Server(isolation)
+        if not isolation.namespaces and _host_root is None:
+            raise OSError("without namespaces the judge needs a job directory (--root)")
+        _server = _Server(isolation, _host_root)
     return _server
 
 
@@ -338,6 +389,7 @@ def run_job(job: dict[str, Any], isolation: Isolation) -> dict[str, Any]:
         if server is not None and not server.finish():
             server.close()  # it did not confirm the clean-up: start afresh
             _server = None
+        verdict["reason"] = verdict["reason"][:MAX_REASON_CHARS]
         verdict["stderr"] = _stderr_head(stderr)
     return verdict
 
@@ -383,9 +435,31 @@ def _run_job(job: dict[str, Any], server: _Server, stderr: Any) -> dict[str, Any
                 os.close(fd)
 
 
+def _limit_self(memory_mb: int) -> None:
+    """This judge's own limits: address space (soft, so that a job's candidate may still ask for more) and no core
+    dumps. A value from the candidate that would take more raises `MemoryError` in the tests: that job fails."""
+    import resource
+
+    if memory_mb > 0:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        soft = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def main() -> None:
     """Serve jobs: stdin carries `{"job": ..., "isolation": {...}}` frames (marshal, from the trusted executor), the
-    verdicts go to the original stdout."""
+    verdicts go to the original stdout. Arguments: `--root DIR` (the executor's directory for jobs without
+    namespaces), `--memory-mb N` (this judge's address-space limit)."""
+    import argparse
+
+    global _host_root
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root")
+    parser.add_argument("--memory-mb", type=int, default=0)
+    args = parser.parse_args()
+    _host_root = args.root
+    _limit_self(args.memory_mb)
     replies = os.dup(1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # print() in test code must not corrupt the verdict stream

