@@ -243,13 +243,22 @@ def _serve(wire, code, io_mode):
             wire.write_json(REPLIES, _exception_json(wire, OverflowError("result too large")))
 
 
+def _close_all_but(*kept):
+    """Close every descriptor of this process except `kept`."""
+    low = 0
+    for high in (*sorted(set(kept)), max(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 1024)):
+        if low < high:  # never an empty range: `closerange(n, n)` closes everything from n on
+            os.closerange(low, high)
+        low = high + 1
+
+
 def _job(wire, job, requests, replies, stderr, own_session):
     """In the forked child: confine this process, then run the candidate and serve the judge. Never returns."""
     global REQUESTS, REPLIES
     REQUESTS, REPLIES = requests, replies
     try:
         os.dup2(stderr, 2)
-        os.close(stderr)
+        _close_all_but(0, 1, 2, requests, replies)  # the job's stderr copy and anything the server inherited
         if own_session:
             os.setsid()  # without a PID namespace, its process group is what the server kills afterwards
         if job.get("job_namespaces"):
@@ -316,6 +325,7 @@ def main():
     prctl = getattr(ctypes.CDLL(None), "prctl", None)  # Linux only
     if prctl is not None:
         prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: its children cannot attach to it
+    _close_all_but(0, 1, 2, int(sys.argv[1]))  # what the launcher passed on (e.g. the descriptor bwrap ran from)
     control = socket.socket(fileno=int(sys.argv[1]))
     is_init = os.getpid() == 1
     while True:
