@@ -476,7 +476,7 @@ ATTACKS = [
         _code(
             """
             import ctypes, os, time
-            for _ in range(30):
+            for _ in range(100):  # past the 32 tasks a job may have
                 if os.fork() == 0:
                     for fd in (0, 1, 2):
                         os.close(fd)
@@ -595,14 +595,13 @@ def test_attack_works_unsandboxed_and_fails_in_the_sandbox(attack, tmp_path, ful
 
 
 # Attacks a single missing layer lets "succeed" by their own measure, without harm: without seccomp a fork
-# succeeds, but the process dies with the sandbox's PID namespace; a UDP datagram is sent, but to the sandbox's own
-# loopback interface (its network namespace), so no byte reaches the listener.
-# Without Landlock, a job may write beside its own directory (inside the sandbox's, removed after each job).
+# succeeds (up to the job's 32 tasks: a fork bomb does not), but the process dies with the sandbox's PID namespace;
+# a UDP datagram is sent, but to the sandbox's own loopback interface (its network namespace), so no byte reaches
+# the listener.
+# Without Landlock a job still cannot write beside its own directory: that is its own tmpfs, on a read-only root.
 _DEGRADED_REWARD_ALLOWED = {
     ("seccomp", "fork_setsid_survivor"),
-    ("seccomp", "fork_bomb"),
     ("seccomp", "udp_sendmsg"),
-    ("landlock", "plant_files_beside_its_directory"),
 }
 
 

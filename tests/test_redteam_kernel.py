@@ -579,3 +579,30 @@ def test_the_candidate_inherits_no_descriptor_but_its_pipes():
         with LocalExecutor(1, isolation=Isolation(**({off: False} if off else {}))) as executor:
             (verdict,) = executor.run([CodeJob(code=LIST_DESCRIPTORS + HONEST, tests="assert OK\n" + F_TESTS)])
         assert not verdict.passed and "AssertionError" in verdict.reason, (off, verdict)
+
+
+HOLD_A_CAPABILITY = _ok(
+    """
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
+    libc.capget(header, data)
+    bounding = [cap for cap in range(64) if libc.prctl(23, cap, 0, 0, 0) == 1]  # PR_CAPBSET_READ
+    OK = any(data) or bool(bounding)  # any capability now, or one to regain by exec
+    """
+)
+
+
+def test_the_candidate_holds_no_capability_even_in_its_own_namespaces():
+    """A job makes its own user namespace (which starts with every capability in it) and, with `unprivileged` off,
+    runs as root in the sandbox's: it must hold none, effective or in its bounding set. Positive control: a plain
+    process of this (root) trainer holds some."""
+    _require_full_isolation()
+    if ROOT:
+        assert _run_naively(HOLD_A_CAPABILITY, "assert OK", Path(tempfile.mkdtemp())), "positive control"
+    for off in (None, *FEATURES):
+        if off == "namespaces" and ROOT:
+            continue  # without namespaces a root trainer's candidate is root itself: the layer that stops this is off
+        with LocalExecutor(1, isolation=Isolation(**({off: False} if off else {}))) as executor:
+            (verdict,) = executor.run([CodeJob(code=HOLD_A_CAPABILITY + HONEST, tests="assert OK\n" + F_TESTS)])
+        assert not verdict.passed and "AssertionError" in verdict.reason, (off, verdict)
