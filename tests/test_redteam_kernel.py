@@ -9,6 +9,7 @@ processes and the free disk are the same before and after (`_machine_state`).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -489,6 +490,23 @@ def test_stale_directories_of_a_killed_executor_are_swept_at_start_up(tmp_path):
     other.mkdir()
     assert sweep_stale_roots(str(tmp_path)) == [str(stale)]
     assert not stale.exists() and alive.exists() and other.exists()
+
+
+def test_an_executor_never_closed_removes_its_directories_at_exit():
+    """`code_reward`'s process-wide executor is never closed; its judges' directories go when the trainer exits.
+    Positive control: they exist while it runs."""
+    _require_full_isolation()
+    program = (
+        "import glob, json, os, tempfile\n"
+        "from justgrpo_trl.rewards import code_reward\n"
+        "assert code_reward(prompts=None, completions=['def f(x):\\n    return x + 1\\n'],"
+        " test_list=[['assert f(1) == 2']]) == [1.0]\n"
+        "print(json.dumps(glob.glob(os.path.join(tempfile.gettempdir(), f'justgrpo-sandbox-{os.getpid()}-*'))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    directories = json.loads(result.stdout)
+    assert directories, "positive control: the judge's directory exists while the trainer runs"
+    assert not any(os.path.exists(path) for path in directories)
 
 
 # --------------------------------------------------------------------------------------------------------------

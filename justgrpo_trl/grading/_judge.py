@@ -449,8 +449,9 @@ def _limit_self(memory_mb: int) -> None:
 
 def main() -> None:
     """Serve jobs: stdin carries `{"job": ..., "isolation": {...}}` frames (marshal, from the trusted executor), the
-    verdicts go to the original stdout. Arguments: `--root DIR` (the executor's directory for jobs without
-    namespaces), `--memory-mb N` (this judge's address-space limit)."""
+    verdicts go to the original stdout. Arguments: `--root DIR`, the directory the executor created for this judge
+    (its jobs' directories without namespaces; mount points of the paths a root judge stages for nobody), and
+    `--memory-mb N`, this judge's address-space limit."""
     import argparse
 
     global _host_root

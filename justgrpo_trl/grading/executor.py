@@ -18,6 +18,7 @@ reward = make_code_reward(executor=RemoteExecutor())
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import select
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -37,7 +39,7 @@ from . import _wire as wire
 from .isolation import Isolation, resolve_isolation
 
 _JUDGE = Path(__file__).with_name("_judge.py")
-_ROOT_PREFIX = "justgrpo-sandbox-"  # + the executor's pid + "-": job directories of a judge without namespaces
+_ROOT_PREFIX = "justgrpo-sandbox-"  # + the executor's pid + "-": one judge's directory (see `_Worker`)
 JUDGE_MEMORY_MB = 2048
 
 __all__ = ["CodeExecutor", "CodeJob", "LocalExecutor", "Verdict", "default_executor", "sweep_stale_roots"]
@@ -92,17 +94,18 @@ class CodeExecutor(Protocol):
 
 
 class _Worker:
-    """One warm judge process, and (without namespaces) the host directory its jobs run in, which this process
-    creates and removes: a judge that is killed mid-job leaves nothing behind."""
+    """One warm judge process, and its host directory, which this process creates and removes, so that a judge
+    killed mid-job leaves nothing behind. Without namespaces its jobs' directories are there; with them it holds
+    only mount points (where a root judge makes the paths its sandbox reads reachable by nobody)."""
 
     def __init__(self, isolation: Isolation, judge_memory_mb: int) -> None:
-        self.root = tempfile.mkdtemp(prefix=f"{_ROOT_PREFIX}{os.getpid()}-")  # mount points only, with namespaces
-        os.chmod(self.root, 0o755)  # its job directories are the sandbox user's, mode 0700
-        argv = [sys.executable, "-I", str(_JUDGE), "--memory-mb", str(judge_memory_mb)]
+        self.root = tempfile.mkdtemp(prefix=f"{_ROOT_PREFIX}{os.getpid()}-")
+        os.chmod(self.root, 0o755)  # reachable by the sandbox's user; what is inside is the judge's to protect
+        argv = [sys.executable, "-I", str(_JUDGE), "--root", self.root, "--memory-mb", str(judge_memory_mb)]
         threads = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
         try:
             self.process = subprocess.Popen(
-                argv + (["--root", self.root] if self.root else []),
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **threads},  # no tokens
@@ -192,6 +195,8 @@ class LocalExecutor:
         self.isolation = resolve_isolation(isolation, require_full=require_full_isolation)
         self.judge_memory_mb = judge_memory_mb
         sweep_stale_roots()
+        executor = weakref.ref(self)  # an executor never closed (`default_executor`) still removes its directories
+        atexit.register(lambda: executor() is not None and executor().close())
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
@@ -223,7 +228,7 @@ class LocalExecutor:
             return list(pool.map(self._grade, jobs))
 
     def close(self) -> None:
-        """Stop the judge processes (they also stop when this process exits: their stdin closes)."""
+        """Stop the judge processes and remove their directories (done at exit for an executor never closed)."""
         with self._lock:
             workers, self._workers = self._workers, []
         for worker in workers:
