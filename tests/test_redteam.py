@@ -472,6 +472,10 @@ ATTACKS = [
         ),
     ),
     Attack(
+        "ptrace_seize_parent",  # the naive control seizes its throwaway shell (a seize does not stop it)
+        _code("import ctypes, os\nOK = ctypes.CDLL(None).ptrace(0x4206, os.getppid(), None, None) == 0"),
+    ),
+    Attack(
         "fork_bomb",
         _code(
             """
