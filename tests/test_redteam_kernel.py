@@ -443,9 +443,10 @@ def test_a_judge_killed_mid_job_leaves_nothing(namespaces):
     _require_full_isolation()
     code = textwrap.dedent(
         """
-        import time
-        with open("blob", "wb") as handle:
+        import os, time
+        with open("blob.part", "wb") as handle:
             handle.write(b"x" * (8 << 20))
+        os.rename("blob.part", "blob")  # the test sees the file only once it is whole
         def f(x):
             time.sleep(30)
         """
