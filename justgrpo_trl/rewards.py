@@ -164,9 +164,9 @@ def math_reward(
 
     The answer is extracted as in the d1 / JustGRPO evaluation: last `\\boxed{}`, else "the answer is X", else the
     last number. Gold comes from an `answer` column (GSM8K `#### 42`, or an extracted answer) or a `solution` column
-    (MATH, `\\boxed{}`); see `gold_math_answer`. Equality is `justgrpo_trl.grading.math_equal`; the whole call is
-    graded in parallel (bounded by the CPU cores) under one 5 s deadline, so a few answers that never finish cost
-    about 5 s in all and never make an ordinary answer time out. For 1/0 rewards use
+    (MATH, `\\boxed{}`); see `gold_math_answer`. Equality is `justgrpo_trl.grading.math_equal`; the call is graded
+    in parallel (bounded by the CPU cores), each answer with 5 s from when a worker starts it, so an answer that
+    never finishes costs its own 5 s and never takes an ordinary answer's reward. For 1/0 rewards use
     `make_math_reward(correct=1.0, incorrect=0.0)`.
     """
     return _score_math(completions, answer, solution, correct=1.0, incorrect=-1.0, timeout=5.0)
@@ -175,8 +175,8 @@ def math_reward(
 def make_math_reward(
     correct: float = 1.0, incorrect: float = -1.0, *, timeout: float = 5.0, name: str | None = None
 ) -> RewardFunc:
-    """A `math_reward` that gives `correct` / `incorrect`, with `timeout` seconds for each call's whole batch (one
-    deadline shared by all its comparisons, see `justgrpo_trl.grading.math_equal_batch`).
+    """A `math_reward` that gives `correct` / `incorrect`, with `timeout` seconds for each answer's symbolic
+    comparison, counted from when a worker starts it (see `justgrpo_trl.grading.math_equal_batch`).
 
     The returned function's `__name__` is `name`, or `math_reward` for the default values and e.g.
     `math_reward_1_0` otherwise, so that TRL logs it under its own key.

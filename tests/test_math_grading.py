@@ -199,6 +199,13 @@ NEVER_EQUAL = [
     ("1234567890123456789012345678901", "1234567890123456789012345678900"),
     ("10,001", "10000"),
     ("1000000.5", "1000000"),
+    # an integer literal compares exactly, also against a non-terminating fraction or a near-integer expression
+    ("333300", r"\frac{1000000}{3}"),
+    ("333333", r"\frac{1000000}{3}"),
+    ("1", r"1.0000001 \cdot 1"),
+    ("333333", r"\frac{999999.000001}{3}"),
+    ("2", r"\sqrt{4.0000001}"),
+    ("1000000", r"999999.9999999 + 0"),
     # infinities
     (r"\infty", "3"),
     ("4", r"\infty"),
@@ -240,6 +247,7 @@ EQUAL = [
     ("1+2i", "1+2j"),
     (r"25\%", "0.25"),
     (r"\frac{14}{3}", "4.6667"),
+    ("333333.3", r"\frac{1000000}{3}"),  # the tolerance holds for a decimal (beside the integer rule above)
     ("1e3", "1000"),
     (r"(-\infty, 3]", r"(-\infty,3]"),
 ]
@@ -282,34 +290,145 @@ def test_listed_disagreements_with_math_verify(prediction, gold, ours, theirs, w
 
 
 # --------------------------------------------------------------------------------------------------------------
-# One deadline per batch
+# A box that is not one answer
 # --------------------------------------------------------------------------------------------------------------
 
+# (completion, gold): each box names several candidates, and without the one-answer rule the grader credits it for
+# the gold given here (`test_several_candidates_are_credited_without_the_one_answer_rule`); none may earn a reward.
+NOT_ONE_ANSWER = [
+    (r"\boxed{3 = 4}", "4"),
+    (r"\boxed{x = 3 = 4 = 5}", "5"),
+    (r"\boxed{\frac{1}{2} = 0.5 = 3}", "3"),
+    (r"\boxed{7 = 3 + 4}", "7"),
+    (r"\boxed{3 \lor 4 \lor 5}", "5"),
+    (r"\boxed{3 \vee 4}", "4"),
+    (r"\boxed{x=3 \lor x=4}", "4"),
+    (r"\boxed{\begin{cases} 3 \\ 4 \\ 5 \end{cases}}", "5"),
+    (r"\boxed{3 \text{ or four}}", "3"),
+    (r"\boxed{3 \text{ or } 4}", "(3, 4)"),
+    (r"\boxed{x = 3 \text{ or } x = 4}", "(3, 4)"),
+    (r"\boxed{x = 3, y = 4 = 5}", "(3, 5)"),
+]
 
-def test_adversarial_batch_costs_one_timeout_and_easy_answers_survive():
+# (completion, gold): the positive controls, one answer in the same shapes, each rewarded.
+ONE_ANSWER = [
+    (r"\boxed{x = 3}", "3"),
+    (r"\boxed{y > 2}", r"y > 2"),
+    (r"\boxed{-2 < x < 3}", r"-2 < x < 3"),
+    (r"\boxed{0 \le x \le 1}", r"0 \le x \le 1"),
+    (r"\boxed{x = 3, y = 4}", "(3, 4)"),
+    (r"\boxed{4}", "4"),
+    (r"\boxed{3 \text{ or } 4}", r"3 \text{ or } 4"),  # a gold that is itself not one answer compares as usual
+]
+
+
+@pytest.mark.parametrize(("completion", "gold"), NOT_ONE_ANSWER)
+def test_a_box_of_several_candidates_earns_nothing(completion, gold):
+    from justgrpo_trl.grading.math import is_single_answer
+    from justgrpo_trl.rewards import math_reward
+
+    assert not is_single_answer(extract_answer(completion))
+    assert not math_equal(extract_answer(completion), gold)
+    assert math_reward(None, [completion], answer=[gold]) == [-1.0]
+
+
+@pytest.mark.parametrize(("completion", "gold"), ONE_ANSWER)
+def test_one_answer_in_the_same_shapes_is_rewarded(completion, gold):
+    from justgrpo_trl.rewards import math_reward
+
+    assert math_equal(extract_answer(completion), gold)
+    assert math_reward(None, [completion], answer=[gold]) == [1.0]
+
+
+@pytest.mark.parametrize(("completion", "gold"), NOT_ONE_ANSWER)
+def test_several_candidates_are_credited_without_the_one_answer_rule(monkeypatch, completion, gold):
+    """The attacks' positive control: with the rule disabled, the same grader credits each candidate list."""
+    import justgrpo_trl.grading.math as grading
+
+    monkeypatch.setattr(grading, "is_single_answer", lambda answer: True)
+    assert math_equal(extract_answer(completion), gold)
+
+
+def test_is_single_answer_reads_commands_not_letters():
+    from justgrpo_trl.grading.math import is_single_answer
+
+    # `\left`, `\infty`, `\neg`, `\int` and "for" hold the letters of `\le`, `\in`, `\ne` and "or" but are no sign
+    for answer in [r"\left(1, 2\right)", r"(3, \infty)", r"\neg p", r"\int_0^1 x\,dx", r"\text{for all } x"]:
+        assert is_single_answer(answer), answer
+    for answer in [r"x \in [1, 2] \in S", r"3 \ne 4", r"3 \OR 4", r"\pi \approx 3.14", "5 > 3"]:
+        assert not is_single_answer(answer), answer
+
+
+def test_an_interval_around_one_variable_is_one_answer():
+    from justgrpo_trl.grading.math import is_single_answer
+
+    for answer in [r"-2 < x < 3", r"0 \le x \le 1", r"5 \geq t_1 > 2", r"\frac{1}{2} <= y < 4"]:
+        assert is_single_answer(answer), answer
+    # two signs that are not one interval: opposite directions, an equality, or no single variable between them
+    for answer in [r"1 < x > 2", r"x = 3 < 4", r"1 < 2 < 3", r"1 < x + y < 3"]:
+        assert not is_single_answer(answer), answer
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Each answer its own time budget
+# --------------------------------------------------------------------------------------------------------------
+
+NEVER_FINISHING = [r"10^{10^{10}}", "(100!)!", r"9^{9^{9^{9}}}", "(99!)!", r"2^{2^{2^{2^{2^{2}}}}}", r"(10^{10})!"]
+
+
+def _honest_symbolic_pairs(n: int) -> list[tuple[str, str]]:
+    """`n` distinct true equivalences that only math-verify can decide (none is settled in-process)."""
+    pairs = []
+    for k in range(2, 2 + n):
+        pairs.append((rf"\sqrt{{{2 * k * k}}}", rf"{k}\sqrt{{2}}") if k % 2 else (f"x^2-{k * k}", f"(x-{k})(x+{k})"))
+    return pairs
+
+
+def test_never_finishing_answers_placed_first_take_no_honest_reward():
+    from justgrpo_trl.grading.math import _decide, math_equal_batch
+    from justgrpo_trl.grading.symbolic import batch_budget
+
+    timeout, workers = 0.5, 2
+    adversarial = [(NEVER_FINISHING[i % len(NEVER_FINISHING)], str(i)) for i in range(64)]
+    honest = _honest_symbolic_pairs(64)
+    assert all(not isinstance(_decide(*pair), bool) for pair in adversarial + honest)  # all reach math-verify
+    math_equal_batch(honest[:1], max_workers=workers)  # start the fork server outside the timed call
+    start = time.monotonic()
+    verdicts = math_equal_batch(adversarial + honest, timeout=timeout, max_workers=workers)
+    elapsed = time.monotonic() - start
+    assert verdicts[:64] == [False] * 64
+    assert verdicts[64:] == [True] * 64, verdicts[64:].count(False)
+    # The adversarial answers really ran to their budget (else this test proves nothing) and the batch met its
+    # own deadline.
+    assert elapsed >= 0.8 * 64 * timeout / workers, elapsed
+    assert elapsed <= batch_budget(128, timeout, workers), elapsed
+
+
+def test_an_answer_queued_behind_slow_ones_gets_its_whole_budget():
+    """One worker, three never-finishing answers first: the honest one starts at 3 x timeout, past any batch-wide
+    deadline of one timeout, and is still decided."""
     from justgrpo_trl.grading.math import math_equal_batch
 
-    adversarial = [r"10^{10^{10}}", "(100!)!", r"9^{9^{9^{9}}}", "(99!)!"] * 2
-    easy = [(r"\sqrt{8}", r"2\sqrt{2}"), ("x^2-1", "(x-1)(x+1)"), (r"\frac{\pi}{2}", r"\frac{2\pi}{4}")]
-    math_equal_batch([(r"\sqrt{8}", r"2\sqrt{2}")])  # start the fork server outside the timed call
-    timeout = 2.0
-    start = time.monotonic()
-    verdicts = math_equal_batch([(a, "3") for a in adversarial] + easy, timeout=timeout)
-    elapsed = time.monotonic() - start
-    assert verdicts == [False] * len(adversarial) + [True] * len(easy)
-    assert elapsed < timeout + 1.0, elapsed  # one deadline, not one per adversarial answer (8 x 2 s)
+    pairs = [(answer, "3") for answer in NEVER_FINISHING[:3]] + [(r"\sqrt{8}", r"2\sqrt{2}")]
+    assert math_equal_batch(pairs, timeout=0.5, max_workers=1) == [False, False, False, True]
 
 
-def test_math_reward_batch_rewards_easy_answers_next_to_adversarial_ones():
+def test_batch_budget_scales_with_the_batch_and_the_workers():
+    from justgrpo_trl.grading.symbolic import batch_budget
+
+    assert batch_budget(128, 0.5, 2) > 64 * 0.5
+    assert batch_budget(128, 0.5, 4) < batch_budget(128, 0.5, 2)
+    assert batch_budget(1, 5.0, 2) >= 5.0
+
+
+def test_math_reward_rewards_honest_answers_next_to_never_finishing_ones():
     from justgrpo_trl.rewards import make_math_reward
 
-    reward = make_math_reward(1.0, 0.0, timeout=2.0)
-    completions = [r"\boxed{(100!)!}"] * 6 + [r"\boxed{\sqrt{8}}", r"\boxed{x^2-1}", "so 12"]
-    golds = ["3"] * 6 + [r"2\sqrt{2}", "(x-1)(x+1)", "#### 12"]
-    reward(None, [r"\boxed{1}"], answer=["1"])
-    start = time.monotonic()
-    assert reward(None, completions, answer=golds) == [0.0] * 6 + [1.0] * 3
-    assert time.monotonic() - start < 3.5
+    reward = make_math_reward(1.0, 0.0, timeout=0.5)
+    completions = [rf"\boxed{{{answer}}}" for answer in NEVER_FINISHING] + [r"\boxed{\sqrt{8}}", r"\boxed{x^2-1}"]
+    golds = ["3"] * len(NEVER_FINISHING) + [r"2\sqrt{2}", "(x-1)(x+1)"]
+    completions, golds = [*completions, "so 12"], [*golds, "#### 12"]
+    assert reward(None, completions, answer=golds) == [0.0] * len(NEVER_FINISHING) + [1.0] * 3
 
 
 # --------------------------------------------------------------------------------------------------------------

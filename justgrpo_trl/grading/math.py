@@ -7,15 +7,21 @@ Extraction follows the order used by the d1 / JustGRPO evaluation scripts: the l
 
 Equivalence (`math_equal`, `math_equal_batch`) normalizes both answers (this module), decides what is cheap and
 exact in-process (identical strings, plain numbers, words), and hands everything else to math-verify, which runs
-in processes forked by `justgrpo_trl.grading.symbolic` under one wall-clock deadline per batch. The tolerances:
+in processes forked by `justgrpo_trl.grading.symbolic`, each with its own wall-clock budget. The tolerances:
 
 * integers (and any two exactly written numbers: `0.5`, `1/2`, `\\frac{1}{2}`, `1e400`) compare exactly, as
   rationals: `12346 != 12345`, and 31-digit integers off by one differ;
-* a decimal against a fraction whose decimal expansion does not terminate (`4.6667` vs `\\frac{14}{3}`) is accepted
-  within a relative 1e-4 (a model cannot write 14/3 as a finite decimal);
+* a decimal written with a decimal point against a fraction whose decimal expansion does not terminate (`4.6667`
+  vs `\\frac{14}{3}`) is accepted within a relative 1e-4 (a model cannot write 14/3 as a finite decimal); an
+  integer literal never is (`333300 != \\frac{1000000}{3}`);
 * a `%` on one side lets it also be read as a fraction (`50%` equals `0.5` and `50`);
 * everything else is math-verify's `verify` with its defaults: floats are rounded to 6 decimals, so `0.333333`
   equals `\\frac{1}{3}` but `0.3333` does not, and `3.14` is not `\\pi`.
+
+A prediction that is not one answer is not equal to a gold that is one (`is_single_answer`): a relation with a
+number on its left (`3 = 4`), two or more relation signs in one item (`x = 3 = 4 = 5`; an interval `a < x < b`
+is one answer), a disjunction (`3 \\lor 4`, `3 \\vee 4`, `3 \\text{ or } 4`) or a `cases` environment. `x = 3`
+is the answer 3, and `x = 3, y = 4` the pair (3, 4).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ __all__ = [
     "extract_gsm8k_gold",
     "extract_last_number",
     "extract_math_gold",
+    "is_single_answer",
     "math_equal",
     "math_equal_batch",
     "normalize_answer",
@@ -74,6 +81,20 @@ _CHOICE_RE = re.compile(r"^\(\s*([A-Ea-e])\s*\)$")
 # `a+bj` (engineering notation) is `a+bi` when `j` is the only letter.
 _J_COMPLEX_RE = re.compile(r"^[\d\s.+\-*/()j]*\dj[\d\s.+\-*/()]*$|^[\d\s.+\-*/()]*[+\-]\s*j$")
 _BIG_DELIMITERS_RE = re.compile(r"\\(?:big|Big|bigg|Bigg)[lr]?\b")
+
+# What makes a box more than one answer (`is_single_answer`): a disjunction, `cases`, or relation signs.
+_DISJUNCTION_RE = re.compile(
+    r"\\(?:lor|vee)(?![a-zA-Z])|\\begin\s*\{\s*cases\s*\}|(?<![a-zA-Z])or(?![a-zA-Z])", re.IGNORECASE
+)
+_RELATION_RE = re.compile(
+    r"(?P<less><=|<|≤|\\(?:leqslant|leq|le|lt)(?![a-zA-Z]))"
+    r"|(?P<greater>>=|>|≥|\\(?:geqslant|geq|ge|gt)(?![a-zA-Z]))"
+    r"|!=|=|≠|≈|\\(?:neq|ne|approx|in)(?![a-zA-Z])"
+)
+# A side made of numbers only: digits, arithmetic, brackets, `\frac`, `\sqrt`, `\pi`, `\cdot`, `\times`.
+_NUMERIC_SIDE_RE = re.compile(r"(?:[\d\s.,+\-*/^(){}!]|\\(?:d?frac|sqrt|pi|cdot|times|left|right)(?![a-zA-Z]))+")
+_VARIABLE_RE = re.compile(r"[a-zA-Z](?:_\{?\w+\}?)?")
+_INTEGER_LITERAL_RE = re.compile(r"[-+]?\d+%?")
 
 # Relative tolerance of a decimal against a fraction whose decimal expansion does not terminate (`4.6667` vs 14/3).
 _REL_TOL = 1e-4
@@ -335,9 +356,10 @@ def _terminates(value: Fraction) -> bool:
     return denominator == 1
 
 
-def _numbers_equal(pred: tuple[Fraction, bool], gold: tuple[Fraction, bool]) -> bool:
+def _numbers_equal(pred: tuple[Fraction, bool], gold: tuple[Fraction, bool], *, exact: bool = False) -> bool:
     """Exact equality of rationals (so distinct integers always differ); a side written with `%` may also be read
-    as a fraction (50% == 0.5 == 50); a decimal may approximate a non-terminating fraction within `_REL_TOL`."""
+    as a fraction (50% == 0.5 == 50); unless `exact` (either side is an integer literal), a decimal may
+    approximate a non-terminating fraction within `_REL_TOL`."""
 
     def readings(value: Fraction, percent: bool) -> tuple[Fraction, ...]:
         return (value, value / 100) if percent else (value,)
@@ -346,7 +368,9 @@ def _numbers_equal(pred: tuple[Fraction, bool], gold: tuple[Fraction, bool]) -> 
         for g in readings(*gold):
             if p == g:
                 return True
-            if _terminates(p) != _terminates(g) and abs(p - g) <= _REL_TOL * max(abs(p), abs(g)):
+            if exact or _terminates(p) == _terminates(g):
+                continue
+            if abs(p - g) <= _REL_TOL * max(abs(p), abs(g)):
                 return True
     return False
 
@@ -394,8 +418,42 @@ def _for_math_verify(s: str) -> str:
     return re.sub(r"(?<!\\)%", r"\\%", s)
 
 
+def _is_one_relation(item: str) -> bool:
+    """Whether one comma-separated item holds at most one answer: no relation sign, one sign with something other
+    than a number on its left (`x = 3`, `y > 2`), or an interval around one variable (`-2 < x \\le 3`)."""
+    signs = list(_RELATION_RE.finditer(item))
+    if not signs:
+        return True
+    if len(signs) == 1:
+        left = item[: signs[0].start()].strip()
+        return not (_NUMERIC_SIDE_RE.fullmatch(left) and re.search(r"\d|\\pi", left))
+    if len(signs) == 2:
+        first, second = signs
+        middle = item[first.end() : second.start()].strip()
+        same_direction = (first["less"] and second["less"]) or (first["greater"] and second["greater"])
+        return bool(same_direction and _VARIABLE_RE.fullmatch(middle))
+    return False
+
+
+def is_single_answer(answer: str) -> bool:
+    """Whether a final answer states one answer, not several to choose from.
+
+    Not one answer: a disjunction (`3 \\lor 4`, `3 \\vee 4`, `3 \\text{ or } 4`), a `cases` environment, a relation
+    with a number on its left (`3 = 4`), or two or more relation signs in one comma-separated item
+    (`x = 3 = 4 = 5`), except an interval around one variable (`-2 < x < 3`). One answer: `3`, `x = 3`, `y > 2`,
+    the pair `x = 3, y = 4`, a set or an interval. A box around the answer is looked through.
+    """
+    s = _unwrap_boxed(answer.strip()).replace("\\$", "").replace("$", "")
+    if _DISJUNCTION_RE.search(s):
+        return False
+    items = _split_top_level(s) or [s]
+    return all(_is_one_relation(item) for item in items)
+
+
 def _decide(pred: str, gold: str) -> bool | tuple[str, str]:
     """The verdict on two raw answers when it is cheap and exact, else the normalized pair for math-verify."""
+    if not is_single_answer(pred) and is_single_answer(gold):
+        return False  # several candidates (`3 = 4`, `3 \\lor 4`) are not the one answer asked for
     pred, gold = normalize_answer(pred), normalize_answer(gold)
     if not pred or not gold:
         return False
@@ -403,7 +461,8 @@ def _decide(pred: str, gold: str) -> bool | tuple[str, str]:
         return True
     pred_number, gold_number = _parse_number(pred), _parse_number(gold)
     if pred_number is not None and gold_number is not None:
-        return _numbers_equal(pred_number, gold_number)
+        exact = any(_INTEGER_LITERAL_RE.fullmatch(side.replace(" ", "")) for side in (pred, gold))
+        return _numbers_equal(pred_number, gold_number, exact=exact)
     if re.fullmatch(r"[a-zA-Z ]+", pred) and re.fullmatch(r"[a-zA-Z ]+", gold):
         return False  # two different words ("yes" / "no"): math-verify would read them as products of symbols
     pred_brackets, gold_brackets = _brackets(pred), _brackets(gold)
@@ -421,10 +480,11 @@ def math_equal_batch(
     max_workers: int | None = None,
 ) -> list[bool]:
     """`math_equal` for many (prediction, reference) pairs at once: cheap checks in-process, the rest in parallel
-    (at most `max_workers` at once, default the CPU cores) under ONE deadline `timeout` seconds from now.
+    (at most `max_workers` at once, default the CPU cores), each with `timeout` seconds from when a worker starts
+    it.
 
-    A batch with answers that never finish (`10^{10^{10}}`) therefore costs about one `timeout`, and the ordinary
-    comparisons in it are decided in the first round of short time slices (see `justgrpo_trl.grading.symbolic`).
+    An answer that never finishes (`10^{10^{10}}`) costs its own `timeout` (on one of the workers), and the answers
+    queued behind it still get their whole budget (see `justgrpo_trl.grading.symbolic`).
     """
     verdicts: list[bool] = [False] * len(pairs)
     requests, where = [], []
@@ -454,7 +514,7 @@ def math_equal(prediction: str | float | None, reference: str | float | None, *,
     Args:
         prediction: The extracted answer of a completion (`None` never matches).
         reference: The gold answer.
-        timeout: Seconds allowed for the whole comparison; the math-verify step runs in a child process that is
-            killed when it exceeds the time left, in which case the answer counts as not equal.
+        timeout: Seconds the math-verify step may run (in a child process, killed when it overruns, in which case
+            the answer counts as not equal). The default is math-verify's own.
     """
     return math_equal_batch([(prediction, reference)], timeout=timeout)[0]

@@ -8,7 +8,7 @@ the relative 1e-4 tolerance on integers (`12346` == `12345`). Use it to report l
 training reward.
 
 Cheap checks run in-process; the sympy step runs in the grading fork server (`justgrpo_trl.grading.symbolic`),
-the batch under one deadline, like the project's grader.
+each comparison with its own budget, like the project's grader.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def _defer(pred: str, gold: str) -> bool:
 def reference_math_equal_batch(
     pairs: Sequence[tuple[str | None, str | None]], *, timeout: float = 5.0, max_workers: int | None = None
 ) -> list[bool]:
-    """The reference's verdict on (normalized prediction, normalized gold) pairs, under one deadline."""
+    """The reference's verdict on (normalized prediction, normalized gold) pairs; `timeout` is the seconds each
+    sympy comparison may run."""
     verdicts = [False] * len(pairs)
     requests, where = [], []
     for i, (pred, gold) in enumerate(pairs):

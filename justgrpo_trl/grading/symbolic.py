@@ -1,21 +1,23 @@
-"""Symbolic answer comparisons (math-verify / sympy) under one hard wall-clock deadline per batch.
+"""Symbolic answer comparisons (math-verify / sympy), each under its own hard wall-clock budget.
 
 sympy can take unbounded time or memory on an adversarial answer (`10^{10^{10}}`, `(100!)!`), a Python thread
 cannot be stopped, and `signal.alarm` only works in the main thread. So every comparison runs in a child forked by
 a long-lived fork server (`_sympy_worker.py`, which imported sympy and math-verify once); a child that overruns is
-killed. At most `max_workers` children (default: the CPU cores) run at once.
+killed. At most `max_workers` children (default: the CPU cores) run at once; the others wait in order.
 
-Scheduling, so that a batch costs about one timeout and easy comparisons are never starved by hard ones:
+Budgets, so that only a slow answer pays for being slow:
 
-* the whole batch shares one deadline (`time.monotonic() + timeout`);
-* it runs in rounds: in the first, every comparison gets a short slice of time (a quarter of the deadline shared
-  out over the batch, between 0.05 and 1 s: an ordinary comparison takes 10-100 ms in a warm fork); the
-  comparisons that overran their slice are started again, from scratch, in the next round with twice the slice,
-  and so on until the deadline. A comparison still undecided at the deadline counts as not equal.
+* every comparison may run `timeout` seconds, counted from when a worker starts it (not from when the batch was
+  submitted): an answer queued behind a thousand others, or behind answers that never finish, gets its whole
+  budget when its turn comes;
+* the batch as a whole has a deadline that scales with it: `batch_budget(n, timeout, workers)`, the time `n`
+  comparisons that all use their whole budget need on `workers` workers, plus slack. It is a backstop against a
+  stuck server, not a rule that decides verdicts: in a batch that meets it no answer is cut short;
+* a comparison still undecided when its budget runs out counts as not equal.
 
-So eight answers that never finish, next to easy ones, cost one deadline in all (not eight), and the easy ones are
-decided in the first round. The fork server's start-up (importing sympy, about a second) is not charged to any
-deadline.
+So a never-finishing answer costs `timeout / workers` seconds of the batch's wall time (64 of them at 5 s on 2
+cores: 160 s), and no honest answer next to it loses its reward. The fork server's start-up (importing sympy,
+about a second) is not charged to any budget.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
-__all__ = ["compare_batch", "default_workers", "symbolic_equal"]
+__all__ = ["batch_budget", "compare_batch", "default_workers", "symbolic_equal"]
 
 _WORKER_SCRIPT = Path(__file__).with_name("_sympy_worker.py")
 # Run the server by path in isolated mode (`-I`: no current directory on sys.path), then give it the caller's
@@ -45,8 +47,9 @@ _BOOTSTRAP = (
     "sys.argv[:] = [script, *sys.argv[3:]]; runpy.run_path(script, run_name='__main__')"
 )
 _STARTUP_TIMEOUT = 120.0
-# Bounds of the first round's slice (seconds): an ordinary comparison forks, parses and verifies in 10-100 ms.
-_MIN_SLICE, _MAX_SLICE = 0.05, 1.0
+# Wall time a comparison may need beyond its budget (fork, pipe, reply, reaping) when the batch deadline is set.
+_PER_ANSWER_OVERHEAD = 0.25
+_LOST = "lost"  # the result of a request whose server died before answering (retried on a fresh server)
 
 Request = tuple[str, str, str]  # (mode, pred, gold); mode is "verify" (math-verify) or "reference" (sympy)
 
@@ -98,7 +101,7 @@ class _ForkServer:
                 future = self._pending.pop(message.get("id"), None)
             if future is not None and not future.done():
                 future.set_result(message.get("result"))
-        # End of output: the server died. Everyone still waiting gets "no answer".
+        # End of output: the server died. Everyone still waiting is told so (and retried by `compare_batch`).
         self.alive = False
         if not ready.done():
             ready.set_result(False)
@@ -106,7 +109,7 @@ class _ForkServer:
             pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
-                future.set_result(None)
+                future.set_result(_LOST)
 
     def submit(self, mode: str, pred: str, gold: str, seconds: float, deadline: float) -> tuple[int, Future]:
         request_id = next(self._ids)
@@ -120,7 +123,7 @@ class _ForkServer:
                 self.process.stdin.flush()
             except (OSError, ValueError):
                 self._pending.pop(request_id, None)
-                future.set_result(None)
+                future.set_result(_LOST)
         return request_id, future
 
     def cancel(self, request_ids: Sequence[int]) -> None:
@@ -179,13 +182,22 @@ def _close_servers() -> None:
     _SERVERS.clear()
 
 
+def batch_budget(n: int, timeout: float, workers: int) -> float:
+    """Seconds a batch of `n` comparisons may take on `workers` workers when every one uses its whole `timeout`:
+    the batch deadline of `compare_batch` (a backstop; it never cuts a comparison that is within its budget)."""
+    rounds = -(-n // max(1, workers))
+    return rounds * (timeout + _PER_ANSWER_OVERHEAD) + timeout + 1.0
+
+
 def compare_batch(
     requests: Sequence[Request], *, timeout: float = 5.0, max_workers: int | None = None
 ) -> list[bool | None]:
-    """Run every comparison of `requests` in the fork server, all under one deadline `timeout` seconds from now.
+    """Run every comparison of `requests` in the fork server, each with `timeout` seconds from when a worker
+    starts it, the whole batch under the deadline `batch_budget(len(requests), timeout, workers)`.
 
-    Returns, per request, `True` / `False`, or `None` when it was not decided before the deadline (the caller
-    treats that as not equal). See the module docstring for the scheduling (rounds of doubling time slices).
+    Returns, per request, `True` / `False`, or `None` when it was not decided within its budget (the caller
+    treats that as not equal). Comparisons lost because the server died (killed from outside) are run again once
+    on a fresh server.
     """
     results: list[bool | None] = [None] * len(requests)
     if not requests:
@@ -195,30 +207,30 @@ def compare_batch(
         _server(workers)  # start it (if needed) before the deadline starts counting
     except RuntimeError:
         return results
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + batch_budget(len(requests), timeout, workers)
     undecided = list(range(len(requests)))
-    # The first round may use a quarter of the deadline: then ordinary answers are decided even behind many hard ones.
-    time_slice = min(_MAX_SLICE, max(_MIN_SLICE, 0.25 * timeout * workers / len(requests)))
-    while undecided and time.monotonic() < deadline:
+    for _attempt in range(2):
         try:
-            server = _server(workers)  # a fresh one if the last one died (e.g. killed from outside)
+            server = _server(workers)  # a fresh one if the last one died
         except RuntimeError:
             break
-        submitted = [(i, *server.submit(*requests[i], seconds=time_slice, deadline=deadline)) for i in undecided]
-        still = []
+        submitted = [(i, *server.submit(*requests[i], seconds=timeout, deadline=deadline)) for i in undecided]
+        lost, unanswered = [], []
         for i, request_id, future in submitted:
             try:
-                # The server kills the child at the deadline and answers; the slack covers that reply.
+                # The server kills a child at its budget or at the deadline and answers; the slack covers that reply.
                 verdict = future.result(timeout=max(0.0, deadline - time.monotonic()) + 0.25)
             except FutureTimeout:
                 verdict = None
-            if verdict is None:
-                still.append((i, request_id))
+                unanswered.append(request_id)
+            if verdict == _LOST:
+                lost.append(i)
             else:
                 results[i] = verdict
-        server.cancel([request_id for _, request_id in still])
-        undecided = [i for i, _ in still]
-        time_slice *= 2
+        server.cancel(unanswered)
+        undecided = lost
+        if not undecided or time.monotonic() >= deadline:
+            break
     return results
 
 
@@ -226,5 +238,5 @@ def symbolic_equal(
     pred: str, gold: str, *, timeout: float = 5.0, mode: str = "verify", max_workers: int | None = None
 ) -> bool:
     """Whether two answers are equal for math-verify (`mode="verify"`) or for the reference grader's sympy step
-    (`mode="reference"`). `False` if either does not parse or the check does not finish within `timeout`."""
+    (`mode="reference"`). `False` if either does not parse or the check does not finish within `timeout` seconds."""
     return bool(compare_batch([(mode, pred, gold)], timeout=timeout, max_workers=max_workers)[0])
