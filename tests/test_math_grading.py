@@ -457,6 +457,67 @@ def test_reference_compatible_grader(completion, gold, ours, reference):
     assert reference_math_equal(completion, gold) is reference
 
 
+# (answer, the reference's `strip_string` of it): outputs measured by running the reference's own function
+# (REFERENCE_UNIT_SOURCE) outside this repository. Each row depends on the unit list, its order or its regex reading.
+REFERENCE_STRIPPED = [
+    ("5 miles", "5"),  # "mile" is a reference word
+    (r"\frac{1}{2} mile", r"\frac{1}{2}"),
+    ("x=3 miles", "3"),
+    ("12 a b", "12"),  # "a ." is a regex: its "." matches the "b"
+    ("4 c x", "4"),  # likewise "c ."
+    ("3 a.b", "30b"),
+    ("7 p.m", "7p."),
+    ("1 axb", "1axb"),  # whole words only
+    ("x + a", "x+"),  # a single letter is a unit word
+    ("4 per cent", "4cent"),
+    ("8 soldiers", "8"),  # the "-s" plurals
+]
+
+
+@pytest.mark.parametrize(("answer", "stripped"), REFERENCE_STRIPPED)
+def test_reference_normalization_strips_units_as_the_reference(answer, stripped):
+    from justgrpo_trl.grading.reference import reference_gold
+
+    assert reference_gold(answer) == stripped
+
+
+def _reference_parser_source() -> str | None:
+    """The reference's `utils/parser.py` at the transcribed commit, from a checkout or a bare mirror of the repository
+    named by `JUSTGRPO_REFERENCE_REPO` (default: the workplace's mirror); `None` when neither is here."""
+    import os
+    import subprocess
+
+    from justgrpo_trl.grading._reference_rules import REFERENCE_UNIT_SOURCE
+
+    _, commit, path = REFERENCE_UNIT_SOURCE
+    repo = os.environ.get("JUSTGRPO_REFERENCE_REPO", "/work/.mirror/LeapLabTHU+JustGRPO/repo")
+    if not os.path.isdir(repo):
+        return None
+    shown = subprocess.run(["git", "-C", repo, "show", f"{commit}:{path}"], capture_output=True, text=True)
+    return shown.stdout if shown.returncode == 0 else None
+
+
+def test_reference_unit_words_are_the_reference_files_list():
+    """Our transcription equals the `unit_texts` list of the reference's file, entry by entry and in order."""
+    import ast
+
+    from justgrpo_trl.grading._reference_rules import REFERENCE_UNIT_TEXTS, UNIT_TEXTS
+
+    source = _reference_parser_source()
+    if source is None:
+        pytest.skip("the JustGRPO reference repository is not here (set JUSTGRPO_REFERENCE_REPO to a clone)")
+    assignments = [
+        node.value
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["unit_texts"]
+    ]
+    assert len(assignments) == 1
+    reference = ast.literal_eval(assignments[0])
+    assert REFERENCE_UNIT_TEXTS == reference
+    assert 'unit_texts.extend([t + "s" for t in unit_texts])' in source  # the plurals, as ours
+    assert UNIT_TEXTS == reference + [t + "s" for t in reference]
+
+
 def _children(pid: int) -> list[int]:
     from pathlib import Path
 

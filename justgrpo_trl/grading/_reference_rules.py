@@ -7,8 +7,9 @@ including where this project's grader disagrees on purpose (see docs/math_gradin
 
 * extraction: a minerva-style "final answer is $...$. I hope" span, else the last "boxed" (an unclosed box runs to
   the end of the text), else everything after the last "he answer is" / "final answer is", else the last number;
-* normalization drops a trailing `\\text{...}`, a list of unit and noun words (single letters such as "a", "s",
-  "t" included, each as a whole word), the substring "and", percent signs, degrees, `x=` prefixes, spaces;
+* normalization drops a trailing `\\text{...}`, the reference's list of unit and noun words (transcribed with its
+  source; single letters such as "a", "s", "t" included, each as a whole word, read as regular expressions), the
+  substring "and", percent signs, degrees, `x=` prefixes, spaces;
 * numbers: equal within a relative 1e-4, and the prediction may also be the gold ×100 or ÷100;
 * intervals and tuples: bracket kinds are ignored when the prediction is bracketed one way and the gold not the
   other way round, and all `{}()` are removed before a string comparison;
@@ -27,22 +28,24 @@ __all__ = ["extract_answer", "math_equal", "NeedsSymbolic", "strip_answer", "sym
 
 _REL_TOL = 1e-4
 
-# Unit and noun words the reference strips (mostly from MathQA), matched as whole words, each also in its plural
-# "-s" form. Note the single letters: "5 m" -> "5", but also "x + a" -> "x +".
-_UNIT_WORDS = """
-    a ab acre am apple are bc by c cc coin cm cube cubic d day decrease deg degree dm east excess feet ft g gain gal
-    gallon gm h hectare hour hr inch inches increase kg km kmh kmph l lb less liter litre loss lt m man mark men
-    meter metre min minute minw month monkey more mp mph mt mtr noon number o ohm per percent pie pm prime profit
-    pure ratio rd rise rounds rs rupee s sec second soldier sq square st Surface t th tile toy unit way west woman
-    women yard year yr
-""".split()
-_UNIT_PHRASES = [
-    "a . m", "a .", "b .", "c .", "d .", "e .", "f .", "g .", "h .", "p . m", "q .", "s .", "rs .",
-    "sq m", "sq . m", "sq inch", "cu cm", "cu . m", "cm 2", "m sqaure", " m east", "pi sq m", "profit of rs",
-    "no change", "π r 2", "° f", "∏ cm ³", "v â € ™",
+# The unit and noun words the reference strips (mostly from MathQA), transcribed as data, in the reference's order
+# (it matters: each is removed in turn), duplicates included, from REFERENCE_UNIT_SOURCE. Each is matched as a whole
+# word and, as in the reference, as a regular expression, not a literal: the "." of "a ." matches any character.
+# Note the single letters: "5 m" -> "5", but also "x + a" -> "x +". Every word also counts in its "-s" plural.
+REFERENCE_UNIT_SOURCE = ("LeapLabTHU/JustGRPO", "eebe50e71f5b84ec6b3824cb502664577989db1b", "utils/parser.py")
+REFERENCE_UNIT_TEXTS = [
+    "east", "degree", "mph", "kmph", "ft", "m sqaure", " m east", "sq m", "deg", "mile", "q .", "monkey", "prime",
+    "ratio", "profit of rs", "rd", "o", "gm", "p . m", "lb", "tile", "per", "dm", "lt", "gain", "ab", "way", "west",
+    "a .", "b .", "c .", "d .", "e .", "f .", "g .", "h .", "t", "a", "h", "no change", "men", "soldier", "pie",
+    "bc", "excess", "st", "inches", "noon", "percent", "by", "gal", "kmh", "c", "acre", "rise", "a . m", "th",
+    "π r 2", "sq", "mark", "l", "toy", "coin", "sq . m", "gallon", "° f", "profit", "minw", "yr", "women", "feet",
+    "am", "pm", "hr", "cu cm", "square", "v â € ™", "are", "rupee", "rounds", "cubic", "cc", "mtr", "s", "ohm",
+    "number", "kmph", "day", "hour", "minute", "min", "second", "man", "woman", "sec", "cube", "mt", "sq inch",
+    "mp", "∏ cm ³", "hectare", "more", "sec", "unit", "cu . m", "cm 2", "rs .", "rs", "kg", "g", "month", "km", "m",
+    "cm", "mm", "apple", "liter", "loss", "yard", "pure", "year", "increase", "decrease", "d", "less", "Surface",
+    "litre", "pi sq m", "s .", "metre", "meter", "inch",
 ]  # fmt: skip
-UNIT_TEXTS = [*_UNIT_PHRASES, *_UNIT_WORDS]
-UNIT_TEXTS += [unit + "s" for unit in UNIT_TEXTS]
+UNIT_TEXTS = [*REFERENCE_UNIT_TEXTS, *(unit + "s" for unit in REFERENCE_UNIT_TEXTS)]
 
 
 class NeedsSymbolic(Exception):
@@ -141,7 +144,7 @@ def strip_answer(s: str) -> str:
         s = without_text
     for _ in range(2):
         for unit in UNIT_TEXTS:
-            stripped = re.sub(r"(^|\W)" + re.escape(unit) + r"($|\W)", r"\1\2", s)
+            stripped = re.sub(r"(^|\W)" + unit + r"($|\W)", r"\1\2", s)  # unescaped, as the reference
             if stripped:
                 s = stripped
     s = s.replace("^{\\circ}", "").replace("^\\circ", "")
