@@ -195,3 +195,15 @@ def test_cache_vs_exact_report_groups_runs_by_setting(tmp_path, capsys):
     assert "importance_sampling_ratio" not in out[exact_at:cached_at]
     assert "importance_sampling_ratio" in out[cached_at:]
     assert (tmp_path / "cache_vs_exact.png").stat().st_size > 0
+
+
+def test_math_grading_benchmark_keeps_every_honest_reward():
+    """`bench_math_grading.py` on a small batch: its verdicts are known by construction, none is lost or forged."""
+    import bench_math_grading
+
+    completions, golds, expected, kinds = bench_math_grading.build_batch(40, never=2, symbolic_fraction=0.5)
+    assert kinds[:2] == ["never", "never"] and len(completions) == len(golds) == len(expected) == 40
+    report = bench_math_grading.run(40, never=2, symbolic_fraction=0.5, timeout=0.5)
+    assert report["never"]["answers"] == 2 and report["symbolic"]["answers"] == 19
+    assert report["symbolic"]["honest"] == 10 and report["integer"]["honest"] == 10
+    assert report["lost"] == 0 and report["forged"] == 0, report
