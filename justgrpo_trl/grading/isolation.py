@@ -171,9 +171,13 @@ def _probe_staged(binary: str, directory: str) -> bool:
     return _run_bwrap_probe(staged_path(binary, stage_paths(directory, binary)), as_nobody=True)
 
 
-# Run `_probe_staged` in a fresh interpreter: staging changes the calling process's mount namespace.
-_STAGED_PROBE = "import sys; sys.path.insert(0, sys.argv[1]); import isolation; "
-_STAGED_PROBE += "sys.exit(0 if isolation._probe_staged(sys.argv[2], sys.argv[3]) else 1)"
+# Run `_probe_staged` in a fresh interpreter (staging changes the calling process's mount namespace), this file
+# loaded by path: with its folder on sys.path, the package's `math.py` would shadow the standard library's.
+_STAGED_PROBE = (
+    "import importlib.util, sys; spec = importlib.util.spec_from_file_location('_isolation', sys.argv[1]); "
+    "module = sys.modules['_isolation'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
+    "sys.exit(0 if module._probe_staged(sys.argv[2], sys.argv[3]) else 1)"
+)
 
 
 @functools.lru_cache(1)
@@ -189,7 +193,7 @@ def _probe_namespaces() -> bool:
     # root judge does.
     directory = tempfile.mkdtemp(prefix="justgrpo-bwrap-probe-")
     try:
-        command = [sys.executable, "-I", "-c", _STAGED_PROBE, str(_HERE), binary, directory]
+        command = [sys.executable, "-I", "-c", _STAGED_PROBE, str(Path(__file__).resolve()), binary, directory]
         result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return False
